@@ -1,0 +1,1 @@
+"""accompanist_py: resilient choreographic programming in Python."""

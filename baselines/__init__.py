@@ -1,0 +1,1 @@
+"""Baseline systems the runtime is measured against."""

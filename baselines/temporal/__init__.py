@@ -1,0 +1,1 @@
+"""The same saga workloads as Temporal workflows, workers and dev-server management."""

@@ -1,0 +1,1 @@
+"""The benchmark harness: deploy, inject latency and crashes, load, analyse, plot, report."""

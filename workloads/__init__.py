@@ -1,0 +1,1 @@
+"""Saga workloads: services, choreographies and consistency checkers, one folder each."""
