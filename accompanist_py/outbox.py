@@ -1,0 +1,110 @@
+"""The sending half of durable messaging: resend every message until it is acknowledged.
+
+Messages wait in one queue per receiving role. Up to `max_inflight` senders per receiver drain
+it, each taking up to `max_batch` messages per request: one message per request when idle
+(lowest latency), batches under load (highest throughput). A failed request puts its messages
+back and backs off (capped, exponential, per receiver); a peer announcing that it has
+restarted cuts the backoff short. Acknowledged messages are marked in the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from accompanist_py.backoff import Backoff
+from accompanist_py.message import Message
+from accompanist_py.transport import DeliveryFailed, MessageRejected, Transport
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Lane:
+    """Everything queued for one receiving role."""
+
+    queue: deque[Message] = field(default_factory=deque)
+    senders: int = 0
+    failures: int = 0
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Outbox:
+    """Delivers messages at least once, in batches, with backoff per receiver."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        on_acked: Callable[[list[Message]], None],
+        on_rejected: Callable[[list[Message], str], None],
+        *,
+        backoff: Backoff,
+        max_batch: int = 64,
+        max_inflight: int = 16,
+    ) -> None:
+        self._transport = transport
+        self._on_acked = on_acked
+        self._on_rejected = on_rejected
+        self._backoff = backoff
+        self._max_batch = max_batch
+        self._max_inflight = max_inflight
+        self._lanes: dict[str, _Lane] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    def push(self, msg: Message) -> None:
+        """Queue `msg` for delivery (it is already durable in the store, if the store is)."""
+        lane = self._lanes.setdefault(msg.receiver, _Lane())
+        lane.queue.append(msg)
+        if lane.senders < self._max_inflight and not self._closed:
+            lane.senders += 1
+            task = asyncio.create_task(self._drain(msg.receiver, lane))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def wake(self, roles: list[str]) -> None:
+        """Peers hosting `roles` restarted: retry now instead of waiting out the backoff."""
+        for r in roles:
+            lane = self._lanes.get(r)
+            if lane is not None:
+                lane.failures = 0
+                lane.wake.set()
+
+    def pending(self) -> int:
+        return sum(len(lane.queue) for lane in self._lanes.values())
+
+    async def _drain(self, receiver: str, lane: _Lane) -> None:
+        try:
+            while lane.queue and not self._closed:
+                batch = [lane.queue.popleft()]
+                while lane.queue and len(batch) < self._max_batch:
+                    batch.append(lane.queue.popleft())
+                try:
+                    await self._transport.send(receiver, batch)
+                except DeliveryFailed as exc:
+                    lane.queue.extendleft(reversed(batch))
+                    lane.failures += 1
+                    delay = self._backoff.delay(lane.failures)
+                    log.debug("delivery to %s failed (%s); retry in %.2fs", receiver, exc, delay)
+                    lane.wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(lane.wake.wait(), delay)
+                    continue
+                except MessageRejected as exc:
+                    log.error("%s rejected %d message(s) for good: %s", receiver, len(batch), exc)
+                    self._on_rejected(batch, str(exc))
+                    continue
+                lane.failures = 0
+                self._on_acked(batch)
+        finally:
+            lane.senders -= 1
+
+    async def close(self) -> None:
+        self._closed = True
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -1,0 +1,89 @@
+"""HTTP transport between sidecars, with aiohttp.
+
+One keep-alive connection pool per peer. A batch of messages is one POST of msgpack to the
+peer's `/messages`; the 200 answer is the acknowledgement, sent only after the peer has the
+messages durably. 4xx means the peer refuses the batch for good; anything else is retryable.
+The receiving side is served by the sidecar's HTTP app, which calls `deliver`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from accompanist_py.message import Message, encode_batch
+from accompanist_py.transport import Deliver, DeliveryFailed, MessageRejected, OnReady
+
+CONTENT_TYPE = "application/msgpack"
+
+
+class HttpTransport:
+    """Sends to peers by role, through the base URL of the sidecar hosting each role."""
+
+    def __init__(
+        self,
+        name: str,
+        peers: dict[str, str],
+        *,
+        timeout_s: float = 10.0,
+        pool_per_peer: int = 64,
+    ) -> None:
+        self.name = name
+        self.peers = {role: url.rstrip("/") for role, url in peers.items()}
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._pool = pool_per_peer
+        self._session: aiohttp.ClientSession | None = None
+        self._roles: list[str] = []
+        self.deliver: Deliver | None = None
+        self.on_ready: OnReady | None = None
+
+    async def start(self, roles: list[str], deliver: Deliver, on_ready: OnReady) -> None:
+        self._roles = list(roles)
+        self.deliver = deliver
+        self.on_ready = on_ready
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=self._pool, ttl_dns_cache=None)
+        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+
+    def _url(self, receiver: str, path: str) -> str:
+        try:
+            return self.peers[receiver] + path
+        except KeyError:
+            raise MessageRejected(f"no peer address configured for role {receiver!r}") from None
+
+    async def send(self, receiver: str, batch: list[Message]) -> None:
+        assert self._session is not None, "transport not started"
+        url = self._url(receiver, "/messages")
+        try:
+            async with self._session.post(
+                url, data=encode_batch(batch), headers={"Content-Type": CONTENT_TYPE}
+            ) as resp:
+                if resp.status == 200:
+                    await resp.read()
+                    return
+                text = (await resp.text())[:300]
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise DeliveryFailed(f"{url}: {exc.__class__.__name__}: {exc}") from exc
+        if 400 <= resp.status < 500:
+            raise MessageRejected(f"{url} refused the batch ({resp.status}): {text}")
+        raise DeliveryFailed(f"{url} answered {resp.status}: {text}")
+
+    async def announce_ready(self) -> None:
+        assert self._session is not None
+        urls = sorted(set(self.peers.values()))
+
+        async def tell(url: str) -> None:
+            try:
+                async with self._session.post(  # type: ignore[union-attr]
+                    url + "/ready", json={"sidecar": self.name, "roles": self._roles}
+                ) as resp:
+                    await resp.read()
+            except (TimeoutError, aiohttp.ClientError, OSError):
+                pass  # a peer that is down will find our messages when it recovers
+
+        await asyncio.gather(*(tell(u) for u in urls))
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
