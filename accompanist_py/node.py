@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from accompanist_py import failpoints
 from accompanist_py.backoff import Backoff
 from accompanist_py.choreography import Registry
 from accompanist_py.errors import ChoreographyError, ReplayDivergenceError
@@ -229,9 +230,11 @@ class Node:
                 )
             return  # already queued by recovery, or already acknowledged
         await durable
+        failpoints.hit("before_send")
         self.outbox.push(msg)
 
     def _acked(self, batch: list[Message]) -> None:
+        failpoints.hit("after_send")
         for msg in batch:
             self.store.ack_outbox(msg)
         self.metrics.messages_sent.inc(len(batch))

@@ -21,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from accompanist_py import failpoints
 from accompanist_py.choreography import Choreography
 from accompanist_py.errors import (
     BusinessAbort,
@@ -187,17 +188,28 @@ class RoleSession:
                 encode_value({"error": [exc.operation, exc.status, exc.reason]}),
             )
             raise
-        store.put_journal(self.session_id, self.role, step, what, encode_value({"ok": value}))
+        written = store.put_journal(
+            self.session_id, self.role, step, what, encode_value({"ok": value})
+        )
+        if failpoints.armed("after_journal"):
+            await written
+            failpoints.hit("after_journal")
         return value
 
     async def call_service(self, step: str, operation: str, payload: Any, key: str) -> Any:
         idem = f"{self.session_id}:{key}"
 
         async def run() -> Any:
-            self.node.metrics.service_calls.inc()
-            return await self.node.service.call(operation, payload, idem)
+            return await self._call(operation, payload, idem)
 
         return await self.journaled(step, f"call:{operation}", run)
+
+    async def _call(self, operation: str, payload: Any, key: str) -> Any:
+        self.node.metrics.service_calls.inc()
+        failpoints.hit("before_call")
+        value = await self.node.service.call(operation, payload, key)
+        failpoints.hit("after_call")
+        return value
 
     async def transact(self, step: str, txn: Transaction, payload: Any) -> Any:
         index = self._txn_index
@@ -226,8 +238,7 @@ class RoleSession:
         key = commit_key(self.session_id, txn.name)
 
         async def run() -> Any:
-            self.node.metrics.service_calls.inc()
-            return await self.node.service.call(txn.commit, payload, key)
+            return await self._call(txn.commit, payload, key)
 
         try:
             value = await self.journaled(step, f"txn:{txn.name}", run)
@@ -360,6 +371,7 @@ class RoleSession:
                 try:
                     self.node.metrics.service_calls.inc()
                     await self.node.service.call(txn.compensate, body, key)
+                    failpoints.hit("during_compensation")
                     state = TxnState.COMPENSATED
                     break
                 except ServiceUnavailableError as exc:

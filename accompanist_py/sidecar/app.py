@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from accompanist_py import failpoints
 from accompanist_py.choreography import Registry
 from accompanist_py.errors import ChoreographyError
 from accompanist_py.message import decode_batch
@@ -28,6 +29,7 @@ NODE = web.AppKey("node", Node)
 
 def build_node(config: SidecarConfig) -> Node:
     """Assemble the node a config describes (not started)."""
+    failpoints.arm(config.failpoints)
     registry = Registry()
     for module in config.choreographies:
         registry.load_module(module)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from accompanist_py import failpoints
 from accompanist_py.backoff import Backoff
 from accompanist_py.errors import ConfigError
 from accompanist_py.node import NodeConfig
@@ -31,6 +32,7 @@ class SidecarConfig:
     service_call_s: float = 5.0
     service_deadline_s: float = 300.0
     node: NodeConfig = field(default_factory=NodeConfig)
+    failpoints: dict[str, int] = field(default_factory=dict)
 
 
 def load(path: str | Path) -> SidecarConfig:
@@ -99,6 +101,14 @@ def parse(raw: dict[str, Any], where: str = "config", base: Path | None = None) 
         deadline_s = float(t.get("service_deadline_s", 300.0))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: [timeouts] values must be numbers ({exc})") from None
+    fail = raw.get("failpoints", {})
+    if not isinstance(fail, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) and v > 0 for k, v in fail.items()
+    ):
+        raise ConfigError(f"{where}: [failpoints] must map point names to positive integers")
+    unknown = sorted(set(fail) - set(failpoints.POINTS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown failpoints {unknown}")
     service_url = raw.get("service_url")
     if service_url is not None and not (
         isinstance(service_url, str) and service_url.startswith("http")
@@ -118,4 +128,5 @@ def parse(raw: dict[str, Any], where: str = "config", base: Path | None = None) 
         service_call_s=call_s,
         service_deadline_s=deadline_s,
         node=node,
+        failpoints=dict(fail),
     )
