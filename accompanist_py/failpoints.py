@@ -7,7 +7,7 @@ points cost one dict lookup.
     before_call          a service call (or commit) is about to be sent
     after_call           the service answered; the journal row is not yet written
     after_journal        the journal row of a service call is durable
-    before_send          a message is durable in the outbox, not yet handed to the transport
+    before_send          a message is recorded in the outbox, not yet handed to the transport
     after_send           a peer acknowledged a message, not yet marked acknowledged
     during_compensation  a compensation call returned; later ones have not run
 """

@@ -39,6 +39,8 @@ class NodeConfig:
     max_inflight: int = 16
     retention_s: float = 600.0  # finished sessions are forgotten after this
     prune_interval_s: float = 30.0
+    # Final decisions are off the critical path: let them wait this long to share a request.
+    decision_linger_s: float = 0.02
 
 
 @dataclass
@@ -217,9 +219,16 @@ class Node:
             self.metrics.session_duration.observe(seconds)
 
     # -- messages out ------------------------------------------------------------------------
-    async def post(self, msg: Message, *, check_replay: bool = True) -> None:
-        """Send `msg` durably: record it in the outbox first, unless replay already did."""
-        existing, durable = self.store.put_outbox(msg)
+    async def post(self, msg: Message, *, check_replay: bool = True, linger_s: float = 0.0) -> None:
+        """Send `msg` through the outbox, unless replay finds it was sent before.
+
+        The message leaves while its outbox row is still being written: everything it can
+        depend on is either durable already (inbox rows are acknowledged only once durable;
+        `locally` results are awaited by the session before it sends) or reproduced exactly
+        by replay (service results, under the same idempotency key). If the row is lost in a
+        crash, replay sends the same message again and the receiver drops the duplicate.
+        """
+        existing, _ = self.store.put_outbox(msg)
         if existing is not None:
             if check_replay and existing.payload != msg.payload:
                 raise ReplayDivergenceError(
@@ -229,9 +238,8 @@ class Node:
                     "state only inside op.locally/op.call)"
                 )
             return  # already queued by recovery, or already acknowledged
-        await durable
         failpoints.hit("before_send")
-        self.outbox.push(msg)
+        self.outbox.push(msg, linger_s)
 
     def _acked(self, batch: list[Message]) -> None:
         failpoints.hit("after_send")
@@ -240,9 +248,12 @@ class Node:
         self.metrics.messages_sent.inc(len(batch))
 
     def _rejected(self, batch: list[Message], reason: str) -> None:
-        # Stop resending, but loudly: the sessions concerned will time out and compensate.
+        # Stop resending, but loudly, and fail the sessions concerned (they compensate).
         for msg in batch:
             self.store.ack_outbox(msg)
+            session = self.sessions.get((msg.session, msg.sender))
+            if session is not None:
+                session.fail(f"{msg.receiver} refused message #{msg.seq}: {reason}")
         self.metrics.messages_rejected.inc(len(batch))
 
     # -- messages in -------------------------------------------------------------------------
@@ -280,6 +291,7 @@ class Node:
             new, written = self.store.put_inbox(msg)
             if not new:
                 self.metrics.messages_duplicate.inc()
+                self._check_duplicate(msg)
                 continue
             self.metrics.messages_received.inc()
             durable.append(written)
@@ -303,6 +315,15 @@ class Node:
                 session.accept(msg)
         for written in durable:
             await written
+
+    def _check_duplicate(self, msg: Message) -> None:
+        kept = self.store.inbox_message(msg.session, msg.receiver, msg.sender, msg.seq)
+        if kept is not None and kept.kind is not Kind.CONTROL and kept.payload != msg.payload:
+            raise ValueError(
+                f"replay divergence: {msg.sender!r} re-sent message #{msg.seq} of session "
+                f"{msg.session!r} with a different payload than the one {msg.receiver!r} "
+                "already received; the choreography is not deterministic"
+            )
 
     def on_peer_ready(self, roles: list[str]) -> None:
         self.outbox.wake(roles)

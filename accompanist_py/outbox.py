@@ -28,6 +28,8 @@ class _Lane:
     """Everything queued for one receiving role."""
 
     queue: deque[Message] = field(default_factory=deque)
+    lingering: list[Message] = field(default_factory=list)
+    linger_timer: asyncio.TimerHandle | None = None
     senders: int = 0
     failures: int = 0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -56,13 +58,42 @@ class Outbox:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
-    def push(self, msg: Message) -> None:
-        """Queue `msg` for delivery (it is already durable in the store, if the store is)."""
+    def push(self, msg: Message, linger_s: float = 0.0) -> None:
+        """Queue `msg` for delivery (it is already durable in the store, if the store is).
+
+        With `linger_s`, the message may wait that long to ride along with a later one to the
+        same receiver: for messages off the critical path, to save requests under load.
+        """
         lane = self._lanes.setdefault(msg.receiver, _Lane())
+        if linger_s > 0:
+            lane.lingering.append(msg)
+            if lane.linger_timer is None:
+                lane.linger_timer = asyncio.get_running_loop().call_later(
+                    linger_s, self._flush_lingering, msg.receiver, lane
+                )
+            return
+        if lane.lingering:
+            self._release_lingering(lane)
         lane.queue.append(msg)
+        self._ensure_sender(msg.receiver, lane)
+
+    def _release_lingering(self, lane: _Lane) -> None:
+        lane.queue.extend(lane.lingering)
+        lane.lingering.clear()
+        if lane.linger_timer is not None:
+            lane.linger_timer.cancel()
+            lane.linger_timer = None
+
+    def _flush_lingering(self, receiver: str, lane: _Lane) -> None:
+        lane.linger_timer = None
+        if lane.lingering:
+            self._release_lingering(lane)
+            self._ensure_sender(receiver, lane)
+
+    def _ensure_sender(self, receiver: str, lane: _Lane) -> None:
         if lane.senders < self._max_inflight and not self._closed:
             lane.senders += 1
-            task = asyncio.create_task(self._drain(msg.receiver, lane))
+            task = asyncio.create_task(self._drain(receiver, lane))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -75,7 +106,7 @@ class Outbox:
                 lane.wake.set()
 
     def pending(self) -> int:
-        return sum(len(lane.queue) for lane in self._lanes.values())
+        return sum(len(lane.queue) + len(lane.lingering) for lane in self._lanes.values())
 
     async def _drain(self, receiver: str, lane: _Lane) -> None:
         try:
@@ -105,6 +136,9 @@ class Outbox:
 
     async def close(self) -> None:
         self._closed = True
+        for lane in self._lanes.values():
+            if lane.linger_timer is not None:
+                lane.linger_timer.cancel()
         for t in list(self._tasks):
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -70,6 +70,10 @@ class RoleSession:
         self._abort: tuple[str, bool] | None = None  # (reason, failed)
         self._compensating = False
         self._txn_index = 0
+        # The latest `locally` journal write not yet known durable: a send waits for it, since
+        # replay could not reproduce a non-deterministic result that a peer has already seen.
+        self._unsynced: Awaitable[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self.task: asyncio.Task[None] | None = None
         self.finished: asyncio.Future[SessionRecord] = asyncio.get_running_loop().create_future()
         for msg in node.store.inbox(self.session_id, self.role):
@@ -110,11 +114,27 @@ class RoleSession:
         if self.task is not None and not self._compensating:
             self.task.cancel()
 
+    def fail(self, reason: str) -> None:
+        """Fail the session from outside its task (a peer refused one of its messages)."""
+        if self.record.finished or self._abort is not None:
+            return
+        for r in self.chor.roles:
+            if r != self.role:
+                task = asyncio.create_task(
+                    self._control(r, Control.ABORT, {"reason": reason, "failed": True})
+                )
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+        self.abort(reason, failed=True)
+
     # -- primitives used by Op ---------------------------------------------------------------
     def learn_choice(self, choice_id: str, value: Any) -> None:
         self.choices[choice_id] = encode_value(value)
 
     async def send(self, receiver: str, kind: Kind, value: Any) -> None:
+        if self._unsynced is not None:
+            await self._unsynced
+            self._unsynced = None
         seq = self._send_seq.get(receiver, 0)
         self._send_seq[receiver] = seq + 1
         self.involved.add(receiver)
@@ -191,6 +211,8 @@ class RoleSession:
         written = store.put_journal(
             self.session_id, self.role, step, what, encode_value({"ok": value})
         )
+        if what == "locally":
+            self._unsynced = written
         if failpoints.armed("after_journal"):
             await written
             failpoints.hit("after_journal")
@@ -310,9 +332,13 @@ class RoleSession:
             while not self._all_done():
                 self._progress.clear()
                 await self._progress.wait()
-            participants = self._participants()
-            for r in sorted(participants):
-                await self._control(r, Control.DECISION, {"outcome": "completed"})
+            linger = self.node.config.decision_linger_s
+            await asyncio.gather(
+                *(
+                    self._control(r, Control.DECISION, {"outcome": "completed"}, linger)
+                    for r in sorted(self._participants())
+                )
+            )
         else:
             await self._control(self.initiator, Control.DONE, {"involved": sorted(self.involved)})
             self.record.state = SessionState.AWAITING
@@ -340,7 +366,9 @@ class RoleSession:
             if r != self.role:
                 await self._control(r, Control.ABORT, {"reason": reason, "failed": failed})
 
-    async def _control(self, receiver: str, seq: int, body: dict[str, Any]) -> None:
+    async def _control(
+        self, receiver: str, seq: int, body: dict[str, Any], linger_s: float = 0.0
+    ) -> None:
         msg = Message(
             self.chor.name,
             self.session_id,
@@ -350,7 +378,7 @@ class RoleSession:
             Kind.CONTROL,
             encode_value(body),
         )
-        await self.node.post(msg, check_replay=False)
+        await self.node.post(msg, check_replay=False, linger_s=linger_s)
 
     async def _compensate(self) -> None:
         assert self._abort is not None

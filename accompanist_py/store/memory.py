@@ -159,6 +159,9 @@ class MemoryStore:
             ),
         )
 
+    def inbox_message(self, session_id: str, role: str, sender: str, seq: int) -> Message | None:
+        return self._inbox.get((session_id, role), {}).get((sender, seq))
+
     def inbox(self, session_id: str, role: str) -> list[Message]:
         return list(self._inbox.get((session_id, role), {}).values())
 

@@ -1,0 +1,253 @@
+"""Micro-benchmark of the runtime alone: per-hop latency, messages/s, recovery time.
+
+    python -m bench.microbench [--sessions 300] [--modes default,fault-tolerant]
+
+Starts real sidecar processes on loopback with no injected latency and no services, and prints:
+- hop latency: a chain of 5 sidecars (r0 -> r1 -> r2 -> r3 -> r4 -> r0, five hops), sequential
+  sessions, median and p99 end-to-end divided by the number of hops;
+- throughput: messages per second one sidecar sustains (many concurrent ping-pong sessions
+  between two sidecars, counted at one of them from /metrics);
+- recovery: kill -9 a sidecar with N sessions in flight, restart it, time until the last of
+  those sessions completes (fault-tolerant mode only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+from accompanist_py.choreography import choreography
+
+CHAIN = [f"r{i}" for i in range(5)]
+
+
+@choreography(roles=CHAIN, name="chain")
+async def chain(op, token):
+    """Pass a token along r0 -> r1 -> r2 -> r3 -> r4 and back to r0: five hops."""
+    value = token
+    for src, dst in zip(CHAIN, CHAIN[1:] + CHAIN[:1], strict=True):
+        value = await op.comm(src, dst, value)
+    return value
+
+
+@choreography(roles=["r0", "r1"], name="pingpong")
+async def pingpong(op, rounds):
+    """`rounds` round trips between two sidecars (two messages each)."""
+    n = await op.comm("r0", "r1", rounds)  # r1 learns how many rounds
+    count = n.value if n.is_here else rounds.value
+    ball = rounds
+    for _ in range(count):
+        ball = await op.comm("r0", "r1", ball)
+        ball = await op.comm("r1", "r0", ball)
+    return ball
+
+
+@choreography(roles=["r0", "r1"], name="hold")
+async def hold(op, token):
+    """r1 waits for r0's go, so sessions stay in flight while r1 is killed and restarted."""
+    got = await op.comm("r0", "r1", token)
+    back = await op.comm("r1", "r0", got)
+    return back
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Sidecars:
+    """Sidecar processes for the benchmark roles, torn down on exit."""
+
+    def __init__(self, roles: list[str], mode: str, workdir: Path) -> None:
+        self.roles, self.mode, self.dir = roles, mode, workdir
+        self.ports = {r: free_port() for r in roles}
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def url(self, role: str) -> str:
+        return f"http://127.0.0.1:{self.ports[role]}"
+
+    def config(self, role: str) -> Path:
+        path = self.dir / f"{role}.toml"
+        peers = "\n".join(f'{r} = "{self.url(r)}"' for r in self.roles if r != role)
+        path.write_text(
+            f'name = "{role}"\nroles = ["{role}"]\nlisten = "127.0.0.1:{self.ports[role]}"\n'
+            f'choreographies = ["bench.microbench"]\nmode = "{self.mode}"\n'
+            f'[store]\npath = "{role}.db"\n[peers]\n{peers}\n'
+        )
+        return path
+
+    def start(self, role: str) -> None:
+        log = open(self.dir / f"{role}.log", "ab")  # noqa: SIM115 - owned by the process
+        self.procs[role] = subprocess.Popen(
+            [sys.executable, "-m", "accompanist_py.sidecar", "--config", str(self.config(role))],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def kill(self, role: str) -> None:
+        proc = self.procs.pop(role)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    async def healthy(self, session: aiohttp.ClientSession, roles: list[str]) -> None:
+        deadline = time.monotonic() + 30
+        for r in roles:
+            while True:
+                try:
+                    async with session.get(self.url(r) + "/health") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                if time.monotonic() > deadline or self.procs[r].poll() is not None:
+                    raise RuntimeError(f"sidecar {r} did not become healthy (see {self.dir})")
+                await asyncio.sleep(0.05)
+
+    def __enter__(self) -> Sidecars:
+        for r in self.roles:
+            self.start(r)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for r in list(self.procs):
+            proc = self.procs.pop(r)
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+async def start(session: aiohttp.ClientSession, url: str, chor: str, args: list, sid=None):
+    body = {"args": args, "session_id": sid} if sid else {"args": args}
+    async with session.post(f"{url}/sessions/{chor}", json=body) as resp:
+        return await resp.json()
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
+
+
+async def hop_latency(mode: str, sessions: int, workdir: Path) -> dict[str, float]:
+    with Sidecars(CHAIN, mode, workdir) as cars:
+        async with aiohttp.ClientSession() as http:
+            await cars.healthy(http, CHAIN)
+            for i in range(20):  # warm-up: connections, code paths
+                await start(http, cars.url("r0"), "chain", [i])
+            lat = []
+            for i in range(sessions):
+                t = time.perf_counter()
+                res = await start(http, cars.url("r0"), "chain", [i])
+                lat.append((time.perf_counter() - t) * 1000)
+                assert res["result"] == i, res
+    hops = len(CHAIN)
+    return {"e2e_p50_ms": statistics.median(lat), "e2e_p99_ms": pct(lat, 0.99),
+            "hop_p50_ms": statistics.median(lat) / hops, "hop_p99_ms": pct(lat, 0.99) / hops}
+
+
+async def throughput(mode: str, workdir: Path, seconds: float = 5.0) -> float:
+    roles = ["r0", "r1"]
+    with Sidecars(roles, mode, workdir) as cars:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+            await cars.healthy(http, roles)
+
+            async def metric() -> float:
+                async with http.get(cars.url("r1") + "/metrics") as resp:
+                    text = await resp.text()
+                sent = received = 0.0
+                for line in text.splitlines():
+                    if line.startswith("accompanist_messages_sent_total "):
+                        sent = float(line.split()[1])
+                    if line.startswith("accompanist_messages_received_total "):
+                        received = float(line.split()[1])
+                return sent + received
+
+            stop = time.monotonic() + seconds + 1.0
+            done = 0
+
+            async def client() -> None:
+                nonlocal done
+                while time.monotonic() < stop:
+                    await start(http, cars.url("r0"), "pingpong", [20])
+                    done += 1
+
+            workers = [asyncio.create_task(client()) for _ in range(64)]
+            await asyncio.sleep(1.0)  # ramp up
+            before, t0 = await metric(), time.monotonic()
+            await asyncio.sleep(seconds)
+            after, t1 = await metric(), time.monotonic()
+            await asyncio.gather(*workers)
+    return (after - before) / (t1 - t0)
+
+
+async def recovery(workdir: Path, inflight: int) -> dict[str, float]:
+    roles = ["r0", "r1"]
+    with Sidecars(roles, "fault-tolerant", workdir) as cars:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+            await cars.healthy(http, roles)
+            cars.kill("r1")
+            # r0 starts the sessions and durably queues its message to r1, which is down.
+            tasks = [asyncio.create_task(start(http, cars.url("r0"), "hold", [i], f"hold-{i}"))
+                     for i in range(inflight)]
+            await asyncio.sleep(1.0)
+            assert not any(t.done() for t in tasks), "sessions finished with r1 down"
+            t0 = time.perf_counter()
+            cars.start("r1")
+            results = await asyncio.gather(*tasks)
+            t_done = time.perf_counter() - t0
+            await cars.healthy(http, ["r1"])
+            t_healthy = time.perf_counter() - t0
+    ok = sum(1 for r in results if r["state"] == "completed")
+    return {"sessions": inflight, "completed": ok, "restart_to_last_done_s": t_done,
+            "restart_to_healthy_s": t_healthy}
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    modes = args.modes.split(",")
+    with tempfile.TemporaryDirectory(prefix="microbench-") as tmp:
+        base = Path(tmp)
+        print(f"hop latency: chain of {len(CHAIN)} sidecars, {args.sessions} sequential sessions")
+        for mode in modes:
+            d = base / f"chain-{mode}"
+            d.mkdir()
+            r = await hop_latency(mode, args.sessions, d)
+            print(f"  {mode:15s} per hop p50 {r['hop_p50_ms']:.2f} ms  p99 {r['hop_p99_ms']:.2f} ms"
+                  f"   (end to end p50 {r['e2e_p50_ms']:.2f} ms, p99 {r['e2e_p99_ms']:.2f} ms)")
+        print("throughput: messages/s handled by one sidecar (sent + received)")
+        for mode in modes:
+            d = base / f"tput-{mode}"
+            d.mkdir()
+            print(f"  {mode:15s} {await throughput(mode, d, args.seconds):,.0f} msg/s")
+        if "fault-tolerant" in modes:
+            d = base / "recovery"
+            d.mkdir()
+            r = await recovery(d, args.inflight)
+            print(f"recovery: {r['completed']}/{r['sessions']} in-flight sessions completed "
+                  f"{r['restart_to_last_done_s']:.2f} s after restart "
+                  f"(process healthy after {r['restart_to_healthy_s']:.2f} s)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.microbench")
+    parser.add_argument("--sessions", type=int, default=300)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--inflight", type=int, default=100)
+    parser.add_argument("--modes", default="default,fault-tolerant")
+    asyncio.run(main_async(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
