@@ -4,8 +4,9 @@ A `Transaction` is a pair of service operations: `commit` does the step, `compen
 `op.transact(role, txn)` runs the commit at `role` with the idempotency key
 "{session}:{txn.name}" after durably recording that it was attempted; a business abort (HTTP
 409) fails the whole session. Every role then compensates its own attempted transactions in
-reverse order, exactly once each, with the key "{session}:{txn.name}:undo" and the commit's
-key in the body, so a service can tell which effect to undo and ignore a commit it never saw.
+reverse order, exactly once each, with the key "{session}:{txn.name}:undo" and the body
+{"commit_key": "{session}:{txn.name}"}, so a service can tell which effect to undo and ignore a
+commit it never saw. A commit refused with 409 took no effect and is not compensated.
 """
 
 from __future__ import annotations
@@ -44,8 +45,10 @@ def undo_key(session_id: str, name: str) -> str:
     return f"{session_id}:{name}:undo"
 
 
-def compensation_payload(payload: Any, session_id: str, name: str) -> dict[str, Any]:
-    """Body of the compensating call: the commit's payload plus the key it undoes."""
-    body = dict(payload) if isinstance(payload, dict) else {"payload": payload}
-    body["commit_key"] = commit_key(session_id, name)
-    return body
+def compensation_payload(session_id: str, name: str) -> dict[str, Any]:
+    """Body of the compensating call: the key of the commit it undoes.
+
+    The service finds the effect to undo by that key (see docs/contracts.md), so a
+    compensation needs nothing else and undoes exactly what the commit did.
+    """
+    return {"commit_key": commit_key(session_id, name)}

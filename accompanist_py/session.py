@@ -391,7 +391,7 @@ class RoleSession:
             if t.state in (TxnState.ATTEMPTED, TxnState.COMMITTED)
         ]
         for txn in sorted(pending, key=lambda t: t.index, reverse=True):
-            body = compensation_payload(decode_value(txn.payload), self.session_id, txn.name)
+            body = compensation_payload(self.session_id, txn.name)
             key = undo_key(self.session_id, txn.name)
             attempt = 0
             while True:

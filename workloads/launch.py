@@ -1,0 +1,177 @@
+"""Start and stop a workload's service processes, for the tests and the harness.
+
+`running_services` (async) and `running_services_sync` start one process per service on a free
+loopback port, each with its own SQLite file in `dirpath` and its output in
+`dirpath/<service>.log`, wait until every `GET /health` answers, yield {service: base URL},
+and on exit, exception or not, stop every child: SIGTERM, then SIGKILL after a grace period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Iterator, Mapping
+from pathlib import Path
+
+from workloads import Workload, discover
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (the OS picks it; a race is possible but rare)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def service_command(
+    workload: Workload,
+    service: str,
+    port: int,
+    db: str | Path,
+    seed: int,
+    size: int,
+    abort_rate: float,
+    host: str = "127.0.0.1",
+) -> list[str]:
+    """The argv that runs one service of `workload`."""
+    return [
+        sys.executable,
+        "-m",
+        workload.services_module,
+        "--service",
+        service,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--db",
+        str(db),
+        "--seed",
+        str(seed),
+        "--size",
+        str(size),
+        "--abort-rate",
+        str(abort_rate),
+    ]
+
+
+class _Children:
+    """The service processes of one launch, with their URLs and logs."""
+
+    def __init__(
+        self,
+        workload: Workload | str,
+        dirpath: str | Path,
+        seed: int,
+        size: int,
+        abort_rate: float,
+        host: str,
+        ports: Mapping[str, int] | None,
+    ) -> None:
+        self.workload = discover()[workload] if isinstance(workload, str) else workload
+        self.dirpath = Path(dirpath)
+        self.args = (seed, size, abort_rate, host)
+        self.ports = dict(ports or {})
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.urls: dict[str, str] = {}
+
+    def start(self) -> None:
+        seed, size, abort_rate, host = self.args
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        for service in self.workload.services:
+            port = self.ports.get(service) or free_port(host)
+            db = self.dirpath / f"{service}.db"
+            with (self.dirpath / f"{service}.log").open("ab") as log:
+                self.procs[service] = subprocess.Popen(
+                    service_command(self.workload, service, port, db, seed, size, abort_rate, host),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            self.urls[service] = f"http://{host}:{port}"
+
+    def wait_healthy(self, startup_s: float) -> None:
+        """Poll every `GET /health` until all answer 200; raise if a child dies or time runs out."""
+        deadline = time.monotonic() + startup_s
+        waiting = set(self.procs)
+        while waiting:
+            for service in sorted(waiting):
+                proc = self.procs[service]
+                if proc.poll() is not None:
+                    log = (self.dirpath / f"{service}.log").read_text(errors="replace")
+                    raise RuntimeError(
+                        f"service {service} exited with {proc.returncode}:\n{log[-2000:]}"
+                    )
+                with (
+                    contextlib.suppress(OSError),
+                    urllib.request.urlopen(f"{self.urls[service]}/health", timeout=2),
+                ):
+                    waiting.discard(service)
+            if waiting and time.monotonic() > deadline:
+                raise TimeoutError(f"services not healthy after {startup_s}s: {sorted(waiting)}")
+            if waiting:
+                time.sleep(0.05)
+
+    def stop(self, grace: float = 5.0) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + grace
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def running_services(
+    workload: Workload | str,
+    dirpath: str | Path,
+    seed: int = 1,
+    size: int = 10_000,
+    abort_rate: float = 0.1,
+    *,
+    host: str = "127.0.0.1",
+    ports: Mapping[str, int] | None = None,
+    startup_s: float = 30.0,
+) -> AsyncIterator[dict[str, str]]:
+    """Run every service of `workload`; yield {service: base URL} once all are healthy.
+
+    `ports` pins some services' ports (the others get free ones).
+    """
+    children = _Children(workload, dirpath, seed, size, abort_rate, host, ports)
+    try:
+        children.start()
+        await asyncio.to_thread(children.wait_healthy, startup_s)
+        yield dict(children.urls)
+    finally:
+        await asyncio.to_thread(children.stop)
+
+
+@contextlib.contextmanager
+def running_services_sync(
+    workload: Workload | str,
+    dirpath: str | Path,
+    seed: int = 1,
+    size: int = 10_000,
+    abort_rate: float = 0.1,
+    *,
+    host: str = "127.0.0.1",
+    ports: Mapping[str, int] | None = None,
+    startup_s: float = 30.0,
+) -> Iterator[dict[str, str]]:
+    """The same as `running_services`, for callers without an event loop."""
+    children = _Children(workload, dirpath, seed, size, abort_rate, host, ports)
+    try:
+        children.start()
+        children.wait_healthy(startup_s)
+        yield dict(children.urls)
+    finally:
+        children.stop()

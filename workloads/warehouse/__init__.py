@@ -1,0 +1,1 @@
+"""The warehouse saga: reserve stock, charge the customer, award loyalty points, ship."""
