@@ -108,6 +108,11 @@ def decode_batch(data: bytes) -> list[Message]:
         rows = msgpack.unpackb(data, raw=False, strict_map_key=False)
     except Exception as exc:
         raise ValueError(f"malformed message batch: {exc}") from exc
+    return messages_from_rows(rows)
+
+
+def messages_from_rows(rows: Any) -> list[Message]:
+    """Messages from an already decoded batch; raises ValueError on anything malformed."""
     if not isinstance(rows, list):
         raise ValueError("a message batch is a list")
     return [Message.from_wire(r) for r in rows]

@@ -1,6 +1,7 @@
 """Micro-benchmark of the runtime alone: per-hop latency, messages/s, recovery time.
 
     python -m bench.microbench [--sessions 300] [--modes default,fault-tolerant]
+                               [--transports stream,http]
 
 Starts real sidecar processes on loopback with no injected latency and no services, and prints:
 - hop latency: a chain of 5 sidecars (r0 -> r1 -> r2 -> r3 -> r4 -> r0, five hops), sequential
@@ -70,8 +71,10 @@ def free_port() -> int:
 class Sidecars:
     """Sidecar processes for the benchmark roles, torn down on exit."""
 
-    def __init__(self, roles: list[str], mode: str, workdir: Path) -> None:
-        self.roles, self.mode, self.dir = roles, mode, workdir
+    def __init__(
+        self, roles: list[str], mode: str, workdir: Path, transport: str = "stream"
+    ) -> None:
+        self.roles, self.mode, self.dir, self.transport = roles, mode, workdir, transport
         self.ports = {r: free_port() for r in roles}
         self.procs: dict[str, subprocess.Popen] = {}
 
@@ -84,6 +87,7 @@ class Sidecars:
         path.write_text(
             f'name = "{role}"\nroles = ["{role}"]\nlisten = "127.0.0.1:{self.ports[role]}"\n'
             f'choreographies = ["bench.microbench"]\nmode = "{self.mode}"\n'
+            f'transport = "{self.transport}"\n'
             f'[store]\npath = "{role}.db"\n[peers]\n{peers}\n'
         )
         return path
@@ -92,7 +96,9 @@ class Sidecars:
         log = open(self.dir / f"{role}.log", "ab")  # noqa: SIM115 - owned by the process
         self.procs[role] = subprocess.Popen(
             [sys.executable, "-m", "accompanist_py.sidecar", "--config", str(self.config(role))],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def kill(self, role: str) -> None:
@@ -141,8 +147,10 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
 
 
-async def hop_latency(mode: str, sessions: int, workdir: Path) -> dict[str, float]:
-    with Sidecars(CHAIN, mode, workdir) as cars:
+async def hop_latency(
+    mode: str, transport: str, sessions: int, workdir: Path
+) -> dict[str, float]:
+    with Sidecars(CHAIN, mode, workdir, transport) as cars:
         async with aiohttp.ClientSession() as http:
             await cars.healthy(http, CHAIN)
             for i in range(20):  # warm-up: connections, code paths
@@ -154,13 +162,17 @@ async def hop_latency(mode: str, sessions: int, workdir: Path) -> dict[str, floa
                 lat.append((time.perf_counter() - t) * 1000)
                 assert res["result"] == i, res
     hops = len(CHAIN)
-    return {"e2e_p50_ms": statistics.median(lat), "e2e_p99_ms": pct(lat, 0.99),
-            "hop_p50_ms": statistics.median(lat) / hops, "hop_p99_ms": pct(lat, 0.99) / hops}
+    return {
+        "e2e_p50_ms": statistics.median(lat),
+        "e2e_p99_ms": pct(lat, 0.99),
+        "hop_p50_ms": statistics.median(lat) / hops,
+        "hop_p99_ms": pct(lat, 0.99) / hops,
+    }
 
 
-async def throughput(mode: str, workdir: Path, seconds: float = 5.0) -> float:
+async def throughput(mode: str, transport: str, workdir: Path, seconds: float = 5.0) -> float:
     roles = ["r0", "r1"]
-    with Sidecars(roles, mode, workdir) as cars:
+    with Sidecars(roles, mode, workdir, transport) as cars:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
             await cars.healthy(http, roles)
 
@@ -200,8 +212,10 @@ async def recovery(workdir: Path, inflight: int) -> dict[str, float]:
             await cars.healthy(http, roles)
             cars.kill("r1")
             # r0 starts the sessions and durably queues its message to r1, which is down.
-            tasks = [asyncio.create_task(start(http, cars.url("r0"), "hold", [i], f"hold-{i}"))
-                     for i in range(inflight)]
+            tasks = [
+                asyncio.create_task(start(http, cars.url("r0"), "hold", [i], f"hold-{i}"))
+                for i in range(inflight)
+            ]
             await asyncio.sleep(1.0)
             assert not any(t.done() for t in tasks), "sessions finished with r1 down"
             t0 = time.perf_counter()
@@ -211,33 +225,43 @@ async def recovery(workdir: Path, inflight: int) -> dict[str, float]:
             await cars.healthy(http, ["r1"])
             t_healthy = time.perf_counter() - t0
     ok = sum(1 for r in results if r["state"] == "completed")
-    return {"sessions": inflight, "completed": ok, "restart_to_last_done_s": t_done,
-            "restart_to_healthy_s": t_healthy}
+    return {
+        "sessions": inflight,
+        "completed": ok,
+        "restart_to_last_done_s": t_done,
+        "restart_to_healthy_s": t_healthy,
+    }
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    modes = args.modes.split(",")
+    setups = [(m, t) for t in args.transports.split(",") for m in args.modes.split(",")]
     with tempfile.TemporaryDirectory(prefix="microbench-") as tmp:
         base = Path(tmp)
         print(f"hop latency: chain of {len(CHAIN)} sidecars, {args.sessions} sequential sessions")
-        for mode in modes:
-            d = base / f"chain-{mode}"
+        for mode, transport in setups:
+            d = base / f"chain-{mode}-{transport}"
             d.mkdir()
-            r = await hop_latency(mode, args.sessions, d)
-            print(f"  {mode:15s} per hop p50 {r['hop_p50_ms']:.2f} ms  p99 {r['hop_p99_ms']:.2f} ms"
-                  f"   (end to end p50 {r['e2e_p50_ms']:.2f} ms, p99 {r['e2e_p99_ms']:.2f} ms)")
+            r = await hop_latency(mode, transport, args.sessions, d)
+            print(
+                f"  {mode:15s} {transport:7s} per hop p50 {r['hop_p50_ms']:.2f} ms  "
+                f"p99 {r['hop_p99_ms']:.2f} ms   (end to end p50 {r['e2e_p50_ms']:.2f} ms, "
+                f"p99 {r['e2e_p99_ms']:.2f} ms)"
+            )
         print("throughput: messages/s handled by one sidecar (sent + received)")
-        for mode in modes:
-            d = base / f"tput-{mode}"
+        for mode, transport in setups:
+            d = base / f"tput-{mode}-{transport}"
             d.mkdir()
-            print(f"  {mode:15s} {await throughput(mode, d, args.seconds):,.0f} msg/s")
-        if "fault-tolerant" in modes:
+            rate = await throughput(mode, transport, d, args.seconds)
+            print(f"  {mode:15s} {transport:7s} {rate:,.0f} msg/s")
+        if "fault-tolerant" in args.modes:
             d = base / "recovery"
             d.mkdir()
             r = await recovery(d, args.inflight)
-            print(f"recovery: {r['completed']}/{r['sessions']} in-flight sessions completed "
-                  f"{r['restart_to_last_done_s']:.2f} s after restart "
-                  f"(process healthy after {r['restart_to_healthy_s']:.2f} s)")
+            print(
+                f"recovery: {r['completed']}/{r['sessions']} in-flight sessions completed "
+                f"{r['restart_to_last_done_s']:.2f} s after restart "
+                f"(process healthy after {r['restart_to_healthy_s']:.2f} s)"
+            )
 
 
 def main() -> None:
@@ -246,6 +270,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--inflight", type=int, default=100)
     parser.add_argument("--modes", default="default,fault-tolerant")
+    parser.add_argument("--transports", default="stream,http")
     asyncio.run(main_async(parser.parse_args()))
 
 

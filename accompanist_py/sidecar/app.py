@@ -3,6 +3,7 @@
 POST /sessions/{choreography}   start (or join, by session_id) a session; waits by default
 GET  /sessions/{session_id}     state, result and restart count
 POST /messages                  peer messages (msgpack batch); 200 = durably received
+GET  /stream                    the same over one WebSocket per peer (stream transport)
 POST /ready                     a peer (re)started: resend to it now
 GET  /health, GET /metrics      liveness, Prometheus text
 """
@@ -23,6 +24,7 @@ from accompanist_py.service import HttpServiceClient
 from accompanist_py.sidecar.config import SidecarConfig
 from accompanist_py.store import MemoryStore, SQLiteStore
 from accompanist_py.transport.http import HttpTransport
+from accompanist_py.transport.stream import STREAM_PATH, StreamTransport, serve_stream
 
 NODE = web.AppKey("node", Node)
 
@@ -48,7 +50,11 @@ def build_node(config: SidecarConfig) -> Node:
         if config.service_url
         else None
     )
-    transport = HttpTransport(config.name, config.peers)
+    transport = (
+        StreamTransport(config.name, config.peers)
+        if config.transport == "stream"
+        else HttpTransport(config.name, config.peers)
+    )
     return Node(
         config.name,
         config.roles,
@@ -108,6 +114,10 @@ async def messages(request: web.Request) -> web.Response:
     return web.Response(status=200)
 
 
+async def stream(request: web.Request) -> web.StreamResponse:
+    return await serve_stream(request, request.app[NODE].deliver)
+
+
 async def ready(request: web.Request) -> web.Response:
     try:
         body = await request.json()
@@ -142,6 +152,7 @@ def make_app(node: Node) -> web.Application:
     app.router.add_get("/sessions/{session_id}", session_status)
     app.router.add_post("/messages", messages)
     app.router.add_post("/ready", ready)
+    app.router.add_get(STREAM_PATH, stream)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics)
 

@@ -13,6 +13,7 @@ from accompanist_py.errors import ConfigError
 from accompanist_py.node import NodeConfig
 
 MODES = ("fault-tolerant", "default")
+TRANSPORTS = ("stream", "http")
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class SidecarConfig:
     peers: dict[str, str] = field(default_factory=dict)
     service_url: str | None = None
     mode: str = "fault-tolerant"
+    transport: str = "stream"
     store_path: Path | None = None
     synchronous: str = "NORMAL"
     service_call_s: float = 5.0
@@ -72,6 +74,9 @@ def parse(raw: dict[str, Any], where: str = "config", base: Path | None = None) 
     mode = raw.get("mode", "fault-tolerant")
     if mode not in MODES:
         raise ConfigError(f"{where}: 'mode' must be one of {', '.join(MODES)}, not {mode!r}")
+    transport = raw.get("transport", "stream")
+    if transport not in TRANSPORTS:
+        raise ConfigError(f"{where}: 'transport' must be one of {', '.join(TRANSPORTS)}")
     peers = raw.get("peers", {})
     if not isinstance(peers, dict) or not all(
         isinstance(k, str) and isinstance(v, str) and v.startswith("http") for k, v in peers.items()
@@ -123,6 +128,7 @@ def parse(raw: dict[str, Any], where: str = "config", base: Path | None = None) 
         peers=dict(peers),
         service_url=service_url,
         mode=mode,
+        transport=transport,
         store_path=path,
         synchronous=sync,
         service_call_s=call_s,

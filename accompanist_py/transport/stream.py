@@ -1,0 +1,144 @@
+"""Stream transport: one persistent WebSocket per peer, pipelined batches, async acks.
+
+The HTTP transport pays for a whole request and response per batch: header parsing, a request
+object, a handler call, on both sides. Here each sidecar keeps one WebSocket (an upgraded HTTP
+connection on the same aiohttp server) to each peer; a batch is one binary frame
+`[batch_id, messages]`, and the peer answers with a frame `[batch_id, None]` once the batch is
+durable, or `[batch_id, error]` if it refuses it for good. Many batches are in flight at once.
+A broken connection fails every batch in flight as retryable; the outbox resends them, and the
+receiver drops whatever it already had. `python -m bench.microbench` compares both transports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+
+import aiohttp
+import msgpack
+from aiohttp import web
+
+from accompanist_py.message import Message, messages_from_rows
+from accompanist_py.transport import Deliver, DeliveryFailed, MessageRejected
+from accompanist_py.transport.http import HttpTransport
+
+log = logging.getLogger(__name__)
+
+STREAM_PATH = "/stream"
+
+
+class _Link:
+    """The WebSocket to one peer, and the batches waiting for its acknowledgement."""
+
+    def __init__(self) -> None:
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.reader: asyncio.Task[None] | None = None
+        self.pending: dict[int, asyncio.Future[None]] = {}
+        self.connecting = asyncio.Lock()
+
+    def fail_all(self, reason: str) -> None:
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(DeliveryFailed(reason))
+        self.pending.clear()
+
+
+class StreamTransport(HttpTransport):
+    """Sends over one WebSocket per peer; `/ready` and the receiving endpoint as in HTTP."""
+
+    def __init__(self, name: str, peers: dict[str, str], *, timeout_s: float = 10.0) -> None:
+        super().__init__(name, peers, timeout_s=timeout_s)
+        self._links: dict[str, _Link] = {}  # by peer URL: roles of one sidecar share a link
+        self._ids = itertools.count()
+        self._ack_timeout = timeout_s
+
+    async def _link(self, receiver: str) -> _Link:
+        url = self._url(receiver, "")
+        link = self._links.setdefault(url, _Link())
+        if link.ws is not None and not link.ws.closed:
+            return link
+        async with link.connecting:
+            if link.ws is None or link.ws.closed:
+                assert self._session is not None, "transport not started"
+                try:
+                    link.ws = await self._session.ws_connect(
+                        url + STREAM_PATH, heartbeat=5.0, max_msg_size=0, compress=0
+                    )
+                except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                    raise DeliveryFailed(f"{url}{STREAM_PATH}: {exc}") from exc
+                link.reader = asyncio.create_task(self._read(url, link, link.ws))
+        return link
+
+    async def _read(self, url: str, link: _Link, ws: aiohttp.ClientWebSocketResponse) -> None:
+        try:
+            async for frame in ws:
+                if frame.type is not aiohttp.WSMsgType.BINARY:
+                    continue
+                batch_id, error = msgpack.unpackb(frame.data)
+                fut = link.pending.pop(batch_id, None)
+                if fut is None or fut.done():
+                    continue
+                if error is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(MessageRejected(f"{url} refused the batch: {error}"))
+        finally:
+            link.fail_all(f"{url}: stream closed")
+
+    async def send(self, receiver: str, batch: list[Message]) -> None:
+        link = await self._link(receiver)
+        batch_id = next(self._ids)
+        fut = asyncio.get_running_loop().create_future()
+        link.pending[batch_id] = fut
+        frame = msgpack.packb([batch_id, [m.to_wire() for m in batch]], use_bin_type=True)
+        try:
+            await link.ws.send_bytes(frame)  # type: ignore[union-attr]
+            await asyncio.wait_for(fut, self._ack_timeout)
+        except (TimeoutError, aiohttp.ClientError, ConnectionError, OSError) as exc:
+            link.pending.pop(batch_id, None)
+            raise DeliveryFailed(f"{receiver}: {exc.__class__.__name__}: {exc}") from exc
+
+    async def close(self) -> None:
+        for link in self._links.values():
+            if link.ws is not None:
+                await link.ws.close()
+            if link.reader is not None:
+                link.reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await link.reader
+        await super().close()
+
+
+async def serve_stream(request: web.Request, deliver: Deliver) -> web.WebSocketResponse:
+    """The receiving end: deliver each batch, acknowledge it once durable."""
+    ws = web.WebSocketResponse(max_msg_size=0, compress=False, heartbeat=5.0)
+    await ws.prepare(request)
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def handle(data: bytes) -> None:
+        try:
+            batch_id, rows = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        except Exception as exc:  # a frame we cannot even number: drop the connection
+            log.error("malformed stream frame: %s", exc)
+            await ws.close()
+            return
+        error = None
+        try:
+            await deliver(messages_from_rows(rows))
+        except ValueError as exc:
+            error = str(exc)
+        if not ws.closed:
+            await ws.send_bytes(msgpack.packb([batch_id, error]))
+
+    async for frame in ws:
+        if frame.type is aiohttp.WSMsgType.BINARY:
+            task = asyncio.create_task(handle(frame.data))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+    await asyncio.gather(*tasks, return_exceptions=True)
+    return ws
+
+
+__all__ = ["STREAM_PATH", "StreamTransport", "serve_stream"]

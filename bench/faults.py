@@ -1,0 +1,187 @@
+"""Crash injection: a seeded schedule of kill -9s and restarts, the same for every system.
+
+A :class:`CrashPlan` says how often to crash (every N seconds), for how long the victim stays
+down, and which kinds of process may be hit (``runtime`` = a service's sidecar or Temporal
+worker, ``service``, ``temporal-server``). :func:`crash_schedule` turns it into concrete faults for
+a workload's services: fixed times and *slots* (``runtime:payment``), chosen by a seeded RNG from
+the slots of every target kind. The schedule depends only on (plan, services, duration), never on
+the system, so both systems lose "the runtime of service payment" at the same second. A slot that
+a system does not have (``temporal-server`` under accompanist_py) is recorded as not applicable
+rather than shifting the rest of the schedule.
+
+:class:`FaultInjector` plays a schedule against a running deployment in a background thread and
+records every fault window to ``faults.csv`` (slot, process, kill and restart times).
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+TARGET_KINDS = ("runtime", "service", "temporal-server")
+FAULT_COLUMNS = (
+    "slot",
+    "process",
+    "planned_kill_s",
+    "kill_time",
+    "restart_time",
+    "healthy_time",
+    "note",
+)
+
+
+@dataclass(frozen=True)
+class CrashPlan:
+    """Crash one process every ``every_s`` seconds, restart it after ``downtime_s`` seconds.
+
+    The first crash happens ``first_s`` seconds after load starts (default: ``every_s``); no
+    crash is scheduled whose restart would fall after the end of the load.
+    """
+
+    every_s: float
+    downtime_s: float
+    targets: tuple[str, ...] = ("runtime", "service")
+    seed: int = 1
+    first_s: float | None = None
+
+    def __post_init__(self) -> None:
+        unknown = set(self.targets) - set(TARGET_KINDS)
+        if unknown or not self.targets:
+            raise ValueError(f"crash targets must be among {TARGET_KINDS}, got {self.targets}")
+        if self.every_s <= 0 or self.downtime_s < 0:
+            raise ValueError("every_s must be > 0 and downtime_s >= 0")
+        if self.downtime_s >= self.every_s:
+            # Otherwise a victim could be chosen again while still down.
+            raise ValueError(f"downtime_s ({self.downtime_s}) must be < every_s ({self.every_s})")
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One planned crash: kill ``slot`` at ``kill_at_s``, restart it at ``restart_at_s``.
+
+    Times are seconds after the start of the load.
+    """
+
+    slot: str
+    kill_at_s: float
+    restart_at_s: float
+
+
+def crash_slots(plan: CrashPlan, services: Sequence[str]) -> list[str]:
+    """The slots a plan may hit, in a fixed order (so the RNG draws are reproducible)."""
+    slots = []
+    for kind in plan.targets:
+        if kind == "temporal-server":
+            slots.append("temporal-server")
+        else:
+            slots += [f"{kind}:{service}" for service in sorted(services)]
+    return slots
+
+
+def crash_schedule(plan: CrashPlan, services: Sequence[str], duration_s: float) -> list[Fault]:
+    """The faults of one run: same plan, services and duration give the same list."""
+    rng = random.Random(plan.seed)
+    slots = crash_slots(plan, services)
+    faults = []
+    t = plan.every_s if plan.first_s is None else plan.first_s
+    while t + plan.downtime_s < duration_s:
+        faults.append(Fault(rng.choice(slots), t, t + plan.downtime_s))
+        t += plan.every_s
+    return faults
+
+
+class Crashable(Protocol):
+    """What the injector needs from a supervisor (see :class:`bench.deploy.Supervisor`)."""
+
+    def names(self) -> list[str]: ...
+
+    def kill(self, name: str) -> None: ...
+
+    def restart(self, name: str, wait: bool = True) -> None: ...
+
+
+class FaultInjector:
+    """Plays a crash schedule against a supervisor in a background thread.
+
+    ``resolve`` maps a slot to the supervisor's process name for this system, or ``None`` when
+    the system has no such process; by default a slot resolves to the process of the same name
+    if the supervisor runs one. Use as a context manager around the load; ``t0`` (epoch seconds)
+    is when the load starts.
+    """
+
+    def __init__(
+        self,
+        faults: Sequence[Fault],
+        supervisor: Crashable,
+        csv_path: Path,
+        t0: float | None = None,
+        resolve: Callable[[str], str | None] | None = None,
+    ) -> None:
+        self.faults = list(faults)
+        self._supervisor = supervisor
+        self._csv_path = Path(csv_path)
+        self._t0 = t0
+        self._resolve = resolve or self._same_name
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.errors: list[str] = []
+
+    def _same_name(self, slot: str) -> str | None:
+        return slot if slot in self._supervisor.names() else None
+
+    def __enter__(self) -> FaultInjector:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Start playing the schedule (from ``t0``, or now)."""
+        t0 = self._t0 if self._t0 is not None else time.time()
+        self._csv_path.parent.mkdir(parents=True, exist_ok=True)
+        with self._csv_path.open("w", newline="") as f:
+            csv.writer(f).writerow(FAULT_COLUMNS)
+        self._thread = threading.Thread(target=self._run, args=(t0,), name="faults", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop scheduling; a victim that is down is restarted before this returns."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self, t0: float) -> None:
+        for fault in self.faults:
+            if self._stop.wait(max(0.0, t0 + fault.kill_at_s - time.time())):
+                return
+            self._play(t0, fault)
+
+    def _play(self, t0: float, fault: Fault) -> None:
+        process = self._resolve(fault.slot)
+        row = {"slot": fault.slot, "process": process or "", "planned_kill_s": fault.kill_at_s}
+        if process is None:
+            self._record({**row, "note": "not applicable to this system"})
+            return
+        try:
+            self._supervisor.kill(process)
+            row["kill_time"] = time.time()
+            # Restart even when asked to stop, so that teardown finds the system whole.
+            self._stop.wait(max(0.0, t0 + fault.restart_at_s - time.time()))
+            row["restart_time"] = time.time()
+            self._supervisor.restart(process, wait=True)
+            row["healthy_time"] = time.time()
+        except Exception as exc:  # recorded in faults.csv, reported by the harness
+            self.errors.append(f"{fault.slot} ({process}): {exc}")
+            row["note"] = f"error: {exc}"
+        self._record(row)
+
+    def _record(self, row: dict[str, object]) -> None:
+        with self._csv_path.open("a", newline="") as f:
+            csv.DictWriter(f, FAULT_COLUMNS).writerow(row)

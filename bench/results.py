@@ -1,0 +1,132 @@
+"""The results folder: where every stage reads and writes its files.
+
+``results/<run-id>/`` holds one run::
+
+    run.json              the configuration the run was started with
+    environment.json      versions and machine, collected when the run started
+    summary.csv           analysis: one row per (workload, system, scenario)
+    ratios.csv            analysis: each Temporal configuration / accompanist_py
+    charts/*.png          plots
+    report.md             the report
+    raw/<workload>/<system>/<scenario>/rep<k>/      one cell (git-ignored: large)
+        cell.json         identity, topology, floor_ms, load, crash plan
+        requests.csv      Locust: one row per request
+        faults.csv        crash windows
+        cpu.csv           CPU seconds per process during the load
+        links.csv         measured round trips of the latency links
+        check.json        the consistency checker's verdict: {"consistent": bool, ...}
+        logs/             process logs
+
+``results/latest/`` is a copy (not a symlink: friendlier to git) of the newest run without raw/.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
+LATEST = "latest"
+
+
+def new_run_id(matrix: str) -> str:
+    """A sortable, unique-enough run id: ``20260101-120000-quick``."""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{matrix}"
+
+
+def resolve_run(run: str | Path, results_dir: Path = RESULTS_DIR) -> Path:
+    """A run folder from a path, a run id, or ``latest``."""
+    path = Path(run)
+    if path.is_dir():
+        return path
+    if (results_dir / str(run)).is_dir():
+        return results_dir / str(run)
+    raise FileNotFoundError(f"no run folder {run!r} (neither a path nor in {results_dir})")
+
+
+@dataclass(frozen=True)
+class CellDir:
+    """The folder of one cell and its identity."""
+
+    path: Path
+    workload: str
+    system: str
+    scenario: str
+    rep: int
+
+    @property
+    def requests_csv(self) -> Path:
+        return self.path / "requests.csv"
+
+    @property
+    def faults_csv(self) -> Path:
+        return self.path / "faults.csv"
+
+    @property
+    def cpu_csv(self) -> Path:
+        return self.path / "cpu.csv"
+
+    @property
+    def links_csv(self) -> Path:
+        return self.path / "links.csv"
+
+    @property
+    def check_json(self) -> Path:
+        return self.path / "check.json"
+
+    @property
+    def meta_json(self) -> Path:
+        return self.path / "cell.json"
+
+    def meta(self) -> dict[str, Any]:
+        """cell.json, or {} if the runner wrote none."""
+        return read_json(self.meta_json)
+
+
+def cell_dir(run_dir: Path, workload: str, system: str, scenario: str, rep: int) -> CellDir:
+    """The folder of a cell (created)."""
+    path = Path(run_dir) / "raw" / workload / system / scenario / f"rep{rep}"
+    path.mkdir(parents=True, exist_ok=True)
+    return CellDir(path, workload, system, scenario, rep)
+
+
+def cell_dirs(run_dir: Path) -> Iterator[CellDir]:
+    """Every cell of a run that has a requests.csv, in a stable order."""
+    for requests in sorted((Path(run_dir) / "raw").glob("*/*/*/rep*/requests.csv")):
+        path = requests.parent
+        scenario, system, workload = path.parent.name, path.parent.parent.name, path.parents[2].name
+        yield CellDir(path, workload, system, scenario, int(path.name.removeprefix("rep")))
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> Path:
+    """Write pretty JSON (a person opens these)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    return path
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from a file, or {} if it is missing."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return {}
+
+
+def refresh_latest(run_dir: Path, results_dir: Path = RESULTS_DIR) -> Path:
+    """Replace ``results/latest`` with a copy of ``run_dir`` minus its raw data."""
+    latest = results_dir / LATEST
+    if latest.resolve() == Path(run_dir).resolve():
+        return latest
+    if latest.is_symlink() or latest.is_file():
+        latest.unlink()
+    elif latest.exists():
+        shutil.rmtree(latest)
+    shutil.copytree(run_dir, latest, ignore=shutil.ignore_patterns("raw"))
+    return latest
