@@ -79,14 +79,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run a matrix: not wired yet (the lead connects deploy, load and the systems)."""
-    print(
-        "bench run: not yet implemented. The stages exist (bench.deploy, bench.topology, "
-        "bench.proxy, bench.faults, bench.load, bench.analysis, bench.plots, bench.report); "
-        f"the per-system deployment that joins them is still to be wired. Matrix: {args.matrix}",
-        file=sys.stderr,
-    )
-    return NOT_IMPLEMENTED
+    """Run a matrix into results/<run-id>/ and refresh results/latest/."""
+    from bench.run import run_matrix  # imports Temporal's SDK: only when running
+
+    run_matrix(args.matrix)
+    return 0
 
 
 def cmd_new_workload(args: argparse.Namespace) -> int:
