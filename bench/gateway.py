@@ -1,0 +1,322 @@
+"""The one HTTP entry point of a saga workload, in front of either system.
+
+Locust measures both systems from the same boundary: `POST /sagas/{workload}` with
+`{"saga_id", "request"}` answers, once the saga has ended, `200 {"saga_id", "outcome",
+"reason", ...}`. Re-posting a saga id returns that saga's outcome and never starts it twice.
+Behind it sits one backend:
+
+- `accompanist`: the initiator sidecar, `POST /sessions/{choreography}` with the saga id as the
+  session id (idempotent there), over one keep-alive session.
+- `temporal-distributed` / `temporal-tuned`: a Temporal client; the workflow id is the saga id,
+  and a start that finds it running or finished attaches to it. In the tuned configuration
+  this process also hosts the worker, which is what makes eager workflow start possible.
+
+Both backends retry through a restart of what they talk to (sidecar or Temporal server), up to
+`--deadline-s`, since the harness crashes those on purpose.
+
+    python -m bench.gateway --system accompanist --workload warehouse --port 8080 \
+        --sidecar http://127.0.0.1:7001
+    python -m bench.gateway --system temporal-tuned --workload warehouse --port 8080 \
+        --temporal 127.0.0.1:7233 --service-url warehouse=http://127.0.0.1:8001 ...
+
+This process must never import gevent (Locust runs apart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+SYSTEMS = ("accompanist", "temporal-distributed", "temporal-tuned")
+OUTCOMES = ("committed", "compensated", "rejected")
+MAX_SAGA_ID = 200
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Everything one gateway process is told on its command line."""
+
+    system: str
+    workload: str
+    host: str = "127.0.0.1"
+    port: int = 8080
+    deadline_s: float = 120.0  # one saga, retries through restarts included
+    sidecar: str = "http://127.0.0.1:7001"
+    choreography: str | None = None  # default: the workload's name
+    temporal: str = "127.0.0.1:7233"
+    namespace: str = "default"
+    service_urls: dict[str, str] = field(default_factory=dict)
+
+
+class BackendError(Exception):
+    """The saga's system failed to produce an outcome (answered as 502)."""
+
+
+class Backend(ABC):
+    """Runs one saga to its end and returns the outcome record."""
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Connect (and, for tuned Temporal, start the in-process worker)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and stop anything `start` began."""
+
+    @abstractmethod
+    async def run(self, saga_id: str, request: dict[str, Any]) -> dict[str, Any]:
+        """The saga's outcome; the same for every call with the same saga id."""
+
+
+class AccompanistBackend(Backend):
+    """Forwards to the initiator sidecar over one keep-alive HTTP session."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self.url = f"{config.sidecar.rstrip('/')}/sessions/{config.choreography or config.workload}"
+        self.deadline_s = config.deadline_s
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0),
+            timeout=aiohttp.ClientTimeout(total=self.deadline_s),
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def run(self, saga_id: str, request: dict[str, Any]) -> dict[str, Any]:
+        assert self._session is not None, "start() first"
+        body = {"session_id": saga_id, "args": [request], "kwargs": {}, "wait": True}
+        deadline = time.monotonic() + self.deadline_s
+        delay = 0.05
+        while True:
+            try:
+                async with self._session.post(self.url, json=body) as response:
+                    status, payload = response.status, await response.json(content_type=None)
+                if status < 500:
+                    break
+                problem = f"sidecar answered {status}: {payload}"
+            except (TimeoutError, aiohttp.ClientError, ValueError) as error:
+                problem = f"sidecar unreachable: {error!r}"
+            # The session id makes the start idempotent, so retrying through a sidecar
+            # restart cannot run the saga twice.
+            if time.monotonic() + delay > deadline:
+                raise BackendError(problem)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+        if status != 200:
+            raise BackendError(f"sidecar answered {status}: {payload}")
+        result = payload.get("result") if isinstance(payload, dict) else None
+        if not isinstance(result, dict) or result.get("outcome") not in OUTCOMES:
+            raise BackendError(f"session ended without an outcome: {payload}")
+        return {**result, "saga_id": saga_id, "reason": result.get("reason")}
+
+
+class TemporalBackend(Backend):
+    """Starts (or attaches to) the workflow whose id is the saga id and awaits its result."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        # Imported here so that an accompanist gateway does not load the Temporal SDK at all.
+        from baselines.temporal.worker import CONFIGS
+        from baselines.temporal.workflows import WORKFLOWS
+
+        self.config = config
+        self.tuning = CONFIGS[config.system.removeprefix("temporal-")]
+        self.twin = WORKFLOWS[config.workload]
+        self._client: Any = None
+        self._worker = contextlib.AsyncExitStack()
+
+    async def start(self) -> None:
+        from temporalio.client import Client
+
+        from baselines.temporal.worker import running_worker, task_queue
+
+        self._client = await Client.connect(self.config.temporal, namespace=self.config.namespace)
+        if not self.tuning.per_service_workers:
+            missing = set(self.twin.services) - set(self.config.service_urls)
+            if missing:
+                raise SystemExit(f"--service-url missing for {sorted(missing)}")
+            await self._worker.enter_async_context(
+                running_worker(
+                    self._client,
+                    self.tuning,
+                    self.twin,
+                    self.config.service_urls,
+                    host_workflows=True,
+                    queue=task_queue(self.tuning, self.twin.name),
+                )
+            )
+
+    async def close(self) -> None:
+        await self._worker.aclose()
+
+    async def run(self, saga_id: str, request: dict[str, Any]) -> dict[str, Any]:
+        from temporalio.client import WorkflowFailureError
+        from temporalio.service import RPCError, RPCStatusCode
+
+        from baselines.temporal.starter import run_saga
+
+        # What a server restart looks like from here; anything else is answered at once.
+        transient = {
+            RPCStatusCode.UNAVAILABLE,
+            RPCStatusCode.DEADLINE_EXCEEDED,
+            RPCStatusCode.RESOURCE_EXHAUSTED,
+            RPCStatusCode.ABORTED,
+            RPCStatusCode.INTERNAL,
+            RPCStatusCode.UNKNOWN,
+        }
+        deadline = time.monotonic() + self.config.deadline_s
+        delay = 0.05
+        while True:
+            try:
+                return await run_saga(self._client, self.tuning, self.twin, saga_id, request)
+            except WorkflowFailureError as error:
+                raise BackendError(f"workflow {saga_id} failed: {error.cause}") from error
+            except RPCError as error:
+                if error.status not in transient or time.monotonic() + delay > deadline:
+                    raise BackendError(f"temporal: {error}") from error
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
+def backend_for(config: GatewayConfig) -> Backend:
+    """The backend of `config.system`."""
+    if config.system == "accompanist":
+        return AccompanistBackend(config)
+    if config.system in ("temporal-distributed", "temporal-tuned"):
+        return TemporalBackend(config)
+    raise ValueError(f"unknown system {config.system!r}; expected one of {SYSTEMS}")
+
+
+def parse_saga(body: Any) -> tuple[str, dict[str, Any]]:
+    """Validate a `POST /sagas` body; raise ValueError with a message for the client."""
+    if not isinstance(body, dict):
+        raise ValueError('body must be a JSON object {"saga_id": str, "request": {...}}')
+    saga_id, request = body.get("saga_id"), body.get("request")
+    if not isinstance(saga_id, str) or not saga_id or len(saga_id) > MAX_SAGA_ID:
+        raise ValueError(f"saga_id must be a non-empty string of at most {MAX_SAGA_ID} characters")
+    if not isinstance(request, dict):
+        raise ValueError("request must be a JSON object")
+    return saga_id, request
+
+
+def make_app(config: GatewayConfig, backend: Backend) -> web.Application:
+    """The aiohttp application; `backend` is started and closed with it."""
+
+    async def post_saga(request: web.Request) -> web.Response:
+        workload = request.match_info["workload"]
+        if workload != config.workload:
+            raise web.HTTPNotFound(
+                text=json.dumps({"error": f"unknown workload {workload!r}"}),
+                content_type="application/json",
+            )
+        try:
+            saga_id, saga_request = parse_saga(await request.json())
+        except ValueError as error:  # includes malformed JSON
+            raise web.HTTPBadRequest(
+                text=json.dumps({"error": str(error)}), content_type="application/json"
+            ) from error
+        try:
+            outcome = await backend.run(saga_id, saga_request)
+        except BackendError as error:
+            raise web.HTTPBadGateway(
+                text=json.dumps({"saga_id": saga_id, "error": str(error)}),
+                content_type="application/json",
+            ) from error
+        return web.json_response(outcome)
+
+    async def health(_: web.Request) -> web.Response:
+        return web.json_response({"system": config.system, "workload": config.workload})
+
+    async def lifecycle(_: web.Application) -> Any:
+        await backend.start()
+        yield
+        await backend.close()
+
+    app = web.Application()
+    app.router.add_post("/sagas/{workload}", post_saga)
+    app.router.add_get("/health", health)
+    app.cleanup_ctx.append(lifecycle)
+    return app
+
+
+async def serve(config: GatewayConfig) -> None:
+    """Serve until SIGTERM or SIGINT, then shut the backend down cleanly."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    runner = web.AppRunner(make_app(config, backend_for(config)), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, config.host, config.port, backlog=1024).start()
+        print(
+            f"gateway {config.system}/{config.workload} on {config.host}:{config.port}", flush=True
+        )
+        await stopping.wait()
+    finally:
+        await runner.cleanup()
+
+
+def parse_args(argv: list[str] | None = None) -> GatewayConfig:
+    """The command line as a `GatewayConfig`."""
+    parser = argparse.ArgumentParser(description="Saga gateway in front of one system")
+    parser.add_argument("--system", choices=SYSTEMS, required=True)
+    parser.add_argument("--workload", required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--deadline-s", type=float, default=120.0)
+    parser.add_argument("--sidecar", default="http://127.0.0.1:7001", help="initiator sidecar")
+    parser.add_argument("--choreography", default=None, help="default: the workload name")
+    parser.add_argument("--temporal", default="127.0.0.1:7233")
+    parser.add_argument("--namespace", default="default")
+    parser.add_argument(
+        "--service-url",
+        action="append",
+        default=[],
+        metavar="NAME=URL",
+        help="temporal-tuned: where the in-process worker reaches each service",
+    )
+    args = parser.parse_args(argv)
+    urls = {}
+    for item in args.service_url:
+        name, sep, url = item.partition("=")
+        if not sep:
+            parser.error(f"--service-url wants NAME=URL, got {item!r}")
+        urls[name] = url
+    return GatewayConfig(
+        system=args.system,
+        workload=args.workload,
+        host=args.host,
+        port=args.port,
+        deadline_s=args.deadline_s,
+        sidecar=args.sidecar,
+        choreography=args.choreography,
+        temporal=args.temporal,
+        namespace=args.namespace,
+        service_urls=urls,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI entry point (see the module docstring)."""
+    config = parse_args(argv)
+    asyncio.run(serve(config))
+    if config.system.startswith("temporal-"):
+        from baselines.temporal.worker import exit_without_finalizers
+
+        exit_without_finalizers()
+
+
+if __name__ == "__main__":
+    main()
