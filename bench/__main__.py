@@ -1,8 +1,8 @@
 """The harness CLI: ``python -m bench {run,list,plot,report,new-workload}``.
 
 ``list`` shows what can be run; ``plot`` and ``report`` post-process an existing run folder
-(``results/<run-id>``, a path, or ``latest``). ``run`` and ``new-workload`` are not wired yet:
-they exit with status 2 and say so.
+(``results/<run-id>``, a path, or ``latest``); ``new-workload`` scaffolds a workload folder, its
+Temporal twin and its test (``bench.scaffold``).
 """
 
 from __future__ import annotations
@@ -11,13 +11,12 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from bench import analysis, plots, report
+from bench import analysis, plots, report, scaffold
 from bench.matrix import MATRICES, SCENARIOS, SYSTEMS
 from bench.results import cell_dirs, resolve_run
 from bench.topology import TopologyError, available_topologies, load_topology
-
-NOT_IMPLEMENTED = 2
 
 
 def _workload_names() -> list[str] | str:
@@ -87,13 +86,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_new_workload(args: argparse.Namespace) -> int:
-    """Scaffold a workload folder: not wired yet."""
-    print(
-        f"bench new-workload {args.name}: not yet implemented (it will scaffold "
-        f"workloads/{args.name}/ and baselines/temporal/ twins).",
-        file=sys.stderr,
-    )
-    return NOT_IMPLEMENTED
+    """Scaffold workloads/NAME/, its Temporal twin and its test (bench.scaffold)."""
+    return scaffold.main(args.name, args.root)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,7 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("run", nargs="?", default="latest", help="run id, folder, or 'latest'")
     rep.set_defaults(func=cmd_report)
     new = sub.add_parser("new-workload", help="scaffold a new workload folder")
-    new.add_argument("name")
+    new.add_argument("name", help="the workload's name: a lowercase snake_case identifier")
+    new.add_argument(
+        "--root",
+        type=Path,
+        default=scaffold.REPO_ROOT,
+        help="the checkout to write into (default: this one)",
+    )
     new.set_defaults(func=cmd_new_workload)
     return parser
 

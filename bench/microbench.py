@@ -147,9 +147,7 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
 
 
-async def hop_latency(
-    mode: str, transport: str, sessions: int, workdir: Path
-) -> dict[str, float]:
+async def hop_latency(mode: str, transport: str, sessions: int, workdir: Path) -> dict[str, float]:
     with Sidecars(CHAIN, mode, workdir, transport) as cars:
         async with aiohttp.ClientSession() as http:
             await cars.healthy(http, CHAIN)

@@ -44,8 +44,12 @@ ABORT_RATE = 0.1
 class _Network:
     """Where each process listens, and the address a caller in a zone must use to reach it."""
 
-    def __init__(self, placement: Mapping[str, str], ports: Mapping[str, int],
-                 links: Mapping[tuple[str, str], LinkSpec]) -> None:
+    def __init__(
+        self,
+        placement: Mapping[str, str],
+        ports: Mapping[str, int],
+        links: Mapping[tuple[str, str], LinkSpec],
+    ) -> None:
         self.placement, self.ports, self.links = placement, ports, links
 
     def address(self, caller: str, process: str) -> str:
@@ -81,26 +85,47 @@ def _start_accompanist(sup: Supervisor, cd: CellDir, wl: Workload, net: _Network
         me = f"runtime:{role}"
         peers = {p: net.url(me, f"runtime:{p}") for p in wl.services if p != role}
         config = cd.path / f"sidecar-{role}.toml"
-        config.write_text(sidecar_config(
-            role, net.ports[me], net.url(me, f"service:{role}"), peers, module,
-            store=str(cd.path / f"sidecar-{role}.db"),
-        ))
-        sup.start(ProcessSpec(me, [PY, "-m", "accompanist_py.sidecar", "--config", str(config)],
-                              health_url=f"http://127.0.0.1:{net.ports[me]}/health"))
-    return ["--sidecar", net.url("gateway", f"runtime:{wl.initiator}"),
-            "--choreography", function]
+        config.write_text(
+            sidecar_config(
+                role,
+                net.ports[me],
+                net.url(me, f"service:{role}"),
+                peers,
+                module,
+                store=str(cd.path / f"sidecar-{role}.db"),
+            )
+        )
+        sup.start(
+            ProcessSpec(
+                me,
+                [PY, "-m", "accompanist_py.sidecar", "--config", str(config)],
+                health_url=f"http://127.0.0.1:{net.ports[me]}/health",
+            )
+        )
+    return ["--sidecar", net.url("gateway", f"runtime:{wl.initiator}"), "--choreography", function]
 
 
-def _start_temporal(sup: Supervisor, cd: CellDir, wl: Workload, net: _Network,
-                    config: str) -> list[str]:
+def _start_temporal(
+    sup: Supervisor, cd: CellDir, wl: Workload, net: _Network, config: str
+) -> list[str]:
     """The dev server and the configuration's workers; returns the gateway's arguments."""
     port = net.ports["temporal-server"]
-    sup.start(ProcessSpec(
-        "temporal-server",
-        [PY, "-m", "baselines.temporal.devserver", "--db", str(cd.path / "temporal.db"),
-         "--port", str(port)],
-        ports=[port], startup_timeout_s=90.0,
-    ))
+    sup.start(
+        ProcessSpec(
+            "temporal-server",
+            [
+                PY,
+                "-m",
+                "baselines.temporal.devserver",
+                "--db",
+                str(cd.path / "temporal.db"),
+                "--port",
+                str(port),
+            ],
+            ports=[port],
+            startup_timeout_s=90.0,
+        )
+    )
     if config == "tuned":
         # The gateway hosts the worker (eager start), so it calls every service from its zone.
         urls = {s: net.url("gateway", f"service:{s}") for s in wl.services}
@@ -137,60 +162,108 @@ def run_cell(run_dir: Path, cell: Cell, progress: Callable[[str], None] = print)
     with Supervisor(cd.path) as sup:
         if links:
             links_file = write_links_file(list(links.values()), cd.path / "links.toml")
-            sup.start(ProcessSpec("proxy", [PY, "-m", "bench.proxy", "--links", str(links_file)],
-                                  ports=[link.listen_port for link in links.values()]))
+            sup.start(
+                ProcessSpec(
+                    "proxy",
+                    [PY, "-m", "bench.proxy", "--links", str(links_file)],
+                    ports=[link.listen_port for link in links.values()],
+                )
+            )
         direct = {s: f"http://127.0.0.1:{ports[f'service:{s}']}" for s in wl.services}
         for s in wl.services:
-            argv = service_command(wl, s, ports[f"service:{s}"], cd.path / f"{s}.db", SEED, SIZE,
-                                   ABORT_RATE)
+            argv = service_command(
+                wl, s, ports[f"service:{s}"], cd.path / f"{s}.db", SEED, SIZE, ABORT_RATE
+            )
             sup.start(ProcessSpec(f"service:{s}", argv, health_url=f"{direct[s]}/health"))
         if system.kind == "accompanist":
             backend = _start_accompanist(sup, cd, wl, net)
         else:
             backend = _start_temporal(sup, cd, wl, net, cell.system.removeprefix("temporal-"))
         gateway = f"http://127.0.0.1:{ports['gateway']}"
-        sup.start(ProcessSpec(
-            "gateway",
-            [PY, "-m", "bench.gateway", "--system", cell.system, "--workload", wl.name,
-             "--port", str(ports["gateway"]), *backend],
-            health_url=f"{gateway}/health", startup_timeout_s=90.0,
-        ))
+        sup.start(
+            ProcessSpec(
+                "gateway",
+                [
+                    PY,
+                    "-m",
+                    "bench.gateway",
+                    "--system",
+                    cell.system,
+                    "--workload",
+                    wl.name,
+                    "--port",
+                    str(ports["gateway"]),
+                    *backend,
+                ],
+                health_url=f"{gateway}/health",
+                startup_timeout_s=90.0,
+            )
+        )
         link_rows = asyncio.run(measure_links(list(links.values()))) if links else []
         _write_rows(cd.links_csv, link_rows)
 
-        requests = wl.requests(SEED + cell.rep, scenario.load.requests_needed(scenario.duration_s),
-                               ABORT_RATE)
+        requests = wl.requests(
+            SEED + cell.rep, scenario.load.requests_needed(scenario.duration_s), ABORT_RATE
+        )
         requests_file = write_requests(cd.path / "requests.jsonl", requests)
-        faults = (crash_schedule(scenario.crashes, list(wl.services), scenario.duration_s)
-                  if scenario.crashes else [])
+        faults = (
+            crash_schedule(scenario.crashes, list(wl.services), scenario.duration_s)
+            if scenario.crashes
+            else []
+        )
         resolve = _crash_target(sup, cell.system)
         cpu_before = sup.cpu_seconds()
         t0 = time.time()
-        progress(f"    load: {scenario.load.mode} loop, {scenario.duration_s} s, "
-                 f"{len(faults)} crashes")
+        progress(
+            f"    load: {scenario.load.mode} loop, {scenario.duration_s} s, {len(faults)} crashes"
+        )
         with FaultInjector(faults, sup, cd.faults_csv, t0=t0, resolve=resolve):
-            run_locust(net.url("loadgen", "gateway"), wl.name, requests_file, cd.requests_csv,
-                       scenario.load, scenario.duration_s, scenario.warmup_s,
-                       log_path=cd.path / "locust.log", seed=SEED + cell.rep)
+            run_locust(
+                net.url("loadgen", "gateway"),
+                wl.name,
+                requests_file,
+                cd.requests_csv,
+                scenario.load,
+                scenario.duration_s,
+                scenario.warmup_s,
+                log_path=cd.path / "locust.log",
+                seed=SEED + cell.rep,
+            )
         sup.write_cpu_csv(cd.cpu_csv, since=cpu_before)
         state = _settled_state(direct)
         report = wl.check(state, sent=read_outcomes(cd.requests_csv))
-        write_json(cd.check_json, {
-            "consistent": report.ok,
-            "violations": [str(v) for v in report.violations][:100],
-            "counts": {"committed": report.committed, "compensated": report.compensated,
-                       "rejected": report.rejected},
-        })
-        write_json(cd.meta_json, {
-            "workload": wl.name, "system": cell.system, "scenario": scenario.name,
-            "rep": cell.rep, "topology": topo.name,
-            "floor_ms": network_floor(cell.system, wl, topo),
-            "placement": placement, "load": scenario.load.__dict__,
-            "duration_s": scenario.duration_s, "warmup_s": scenario.warmup_s,
-            "crashes": scenario.crashes.__dict__ if scenario.crashes else None,
-        })
-        progress(f"    consistent: {report.ok} (committed {report.committed}, compensated "
-                 f"{report.compensated}, rejected {report.rejected})")
+        write_json(
+            cd.check_json,
+            {
+                "consistent": report.ok,
+                "violations": [str(v) for v in report.violations][:100],
+                "counts": {
+                    "committed": report.committed,
+                    "compensated": report.compensated,
+                    "rejected": report.rejected,
+                },
+            },
+        )
+        write_json(
+            cd.meta_json,
+            {
+                "workload": wl.name,
+                "system": cell.system,
+                "scenario": scenario.name,
+                "rep": cell.rep,
+                "topology": topo.name,
+                "floor_ms": network_floor(cell.system, wl, topo),
+                "placement": placement,
+                "load": scenario.load.__dict__,
+                "duration_s": scenario.duration_s,
+                "warmup_s": scenario.warmup_s,
+                "crashes": scenario.crashes.__dict__ if scenario.crashes else None,
+            },
+        )
+        progress(
+            f"    consistent: {report.ok} (committed {report.committed}, compensated "
+            f"{report.compensated}, rejected {report.rejected})"
+        )
     return cd
 
 
@@ -225,19 +298,30 @@ def run_matrix(name: str, results_dir: Path = RESULTS_DIR) -> Path:
     run_dir = results_dir / new_run_id(name)
     run_dir.mkdir(parents=True)
     cells = matrix.cells()
-    write_json(run_dir / "run.json", {
-        "matrix": name, "description": matrix.description, "cells": len(cells),
-        "seed": SEED, "size": SIZE, "abort_rate": ABORT_RATE,
-        "retry_policy": "initial 50 ms, x2, max 1 s, attempt timeout 5 s (both systems)",
-        "sqlite_synchronous": "NORMAL (survives kill -9, the fault model)",
-    })
+    write_json(
+        run_dir / "run.json",
+        {
+            "matrix": name,
+            "description": matrix.description,
+            "cells": len(cells),
+            "seed": SEED,
+            "size": SIZE,
+            "abort_rate": ABORT_RATE,
+            "retry_policy": "initial 50 ms, x2, max 1 s, attempt timeout 5 s (both systems)",
+            "sqlite_synchronous": "NORMAL (survives kill -9, the fault model)",
+        },
+    )
     write_json(run_dir / "environment.json", collect_environment())
-    print(f"bench run {name}: {len(cells)} cells, about {matrix.estimated_s() / 60:.0f} min "
-          f"-> {run_dir}")
+    print(
+        f"bench run {name}: {len(cells)} cells, about {matrix.estimated_s() / 60:.0f} min "
+        f"-> {run_dir}"
+    )
     started = time.monotonic()
     for i, cell in enumerate(cells, 1):
-        print(f"[{i}/{len(cells)}] {cell.label} (elapsed {time.monotonic() - started:.0f} s)",
-              flush=True)
+        print(
+            f"[{i}/{len(cells)}] {cell.label} (elapsed {time.monotonic() - started:.0f} s)",
+            flush=True,
+        )
         run_cell(run_dir, cell, progress=lambda m: print(m, flush=True))
     analyse(run_dir)
     plot_run(run_dir)

@@ -132,9 +132,11 @@ class Sidecars:
                 if proc.poll() is not None:
                     log = (self.dir / f"sidecar-{role}.log").read_text(errors="replace")
                     raise RuntimeError(f"sidecar {role} exited {proc.returncode}:\n{log[-2000:]}")
-                with contextlib.suppress(OSError):
-                    with urllib.request.urlopen(self.urls[role] + "/health", timeout=2):
-                        break
+                with (
+                    contextlib.suppress(OSError),
+                    urllib.request.urlopen(self.urls[role] + "/health", timeout=2),
+                ):
+                    break
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"sidecar {role} not healthy after {timeout_s}s")
                 time.sleep(0.05)
