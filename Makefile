@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test bench bench-quick lint microbench clean
+.PHONY: test bench bench-quick lint microbench tune-temporal clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ lint: $(STAMP)
 	$(PY) -m ruff format --check .
 
 microbench: $(STAMP)
-	$(PY) -m accompanist_py.microbench
+	$(PY) -m bench.microbench
 
 bench: $(STAMP)
 	$(PY) -m bench run --matrix default
@@ -30,3 +30,6 @@ bench-quick: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+tune-temporal: $(STAMP)
+	$(PY) -m baselines.temporal.tuning --sagas 300
