@@ -244,9 +244,12 @@ class RoleSession:
                 f"#{index} was {prior.name!r} before the restart and is {txn.name!r} now"
             )
         if prior is None:
-            # Durable before the commit call: an abort must find every transaction that may
-            # have taken effect, even across a crash.
-            await store.save_txn(
+            # An abort must find every transaction that may have taken effect, even across a
+            # crash. No need to wait for this write: the store commits in order, so any record
+            # of an abort (our ABORTING state, or an ABORT in the inbox) that survives a crash
+            # implies this row survived too; and without an abort, replay re-attempts the
+            # commit under the same idempotency key and writes the row again.
+            store.save_txn(
                 TxnRecord(
                     self.session_id,
                     self.role,
