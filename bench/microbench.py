@@ -16,12 +16,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import signal
-import socket
+import contextlib
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +25,8 @@ from pathlib import Path
 import aiohttp
 
 from accompanist_py.choreography import choreography
+from bench.deploy import Supervisor
+from bench.systems.accompanist import Sidecars
 
 CHAIN = [f"r{i}" for i in range(5)]
 
@@ -62,78 +60,14 @@ async def hold(op, token):
     return back
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Sidecars:
-    """Sidecar processes for the benchmark roles, torn down on exit."""
-
-    def __init__(
-        self, roles: list[str], mode: str, workdir: Path, transport: str = "stream"
-    ) -> None:
-        self.roles, self.mode, self.dir, self.transport = roles, mode, workdir, transport
-        self.ports = {r: free_port() for r in roles}
-        self.procs: dict[str, subprocess.Popen] = {}
-
-    def url(self, role: str) -> str:
-        return f"http://127.0.0.1:{self.ports[role]}"
-
-    def config(self, role: str) -> Path:
-        path = self.dir / f"{role}.toml"
-        peers = "\n".join(f'{r} = "{self.url(r)}"' for r in self.roles if r != role)
-        path.write_text(
-            f'name = "{role}"\nroles = ["{role}"]\nlisten = "127.0.0.1:{self.ports[role]}"\n'
-            f'choreographies = ["bench.microbench"]\nmode = "{self.mode}"\n'
-            f'transport = "{self.transport}"\n'
-            f'[store]\npath = "{role}.db"\n[peers]\n{peers}\n'
-        )
-        return path
-
-    def start(self, role: str) -> None:
-        log = open(self.dir / f"{role}.log", "ab")  # noqa: SIM115 - owned by the process
-        self.procs[role] = subprocess.Popen(
-            [sys.executable, "-m", "accompanist_py.sidecar", "--config", str(self.config(role))],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def kill(self, role: str) -> None:
-        proc = self.procs.pop(role)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-    async def healthy(self, session: aiohttp.ClientSession, roles: list[str]) -> None:
-        deadline = time.monotonic() + 30
-        for r in roles:
-            while True:
-                try:
-                    async with session.get(self.url(r) + "/health") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                if time.monotonic() > deadline or self.procs[r].poll() is not None:
-                    raise RuntimeError(f"sidecar {r} did not become healthy (see {self.dir})")
-                await asyncio.sleep(0.05)
-
-    def __enter__(self) -> Sidecars:
-        for r in self.roles:
-            self.start(r)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for r in list(self.procs):
-            proc = self.procs.pop(r)
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+@contextlib.contextmanager
+def sidecars(roles: list[str], mode: str, workdir: Path, transport: str = "stream"):
+    """Sidecars for the benchmark roles (no services), torn down on exit."""
+    with Supervisor(workdir) as sup:
+        cars = Sidecars(sup, roles, "bench.microbench", mode=mode, transport=transport)
+        for role in roles:
+            cars.start(role)
+        yield cars
 
 
 async def start(session: aiohttp.ClientSession, url: str, chor: str, args: list, sid=None):
@@ -148,15 +82,14 @@ def pct(values: list[float], p: float) -> float:
 
 
 async def hop_latency(mode: str, transport: str, sessions: int, workdir: Path) -> dict[str, float]:
-    with Sidecars(CHAIN, mode, workdir, transport) as cars:
+    with sidecars(CHAIN, mode, workdir, transport) as cars:
         async with aiohttp.ClientSession() as http:
-            await cars.healthy(http, CHAIN)
             for i in range(20):  # warm-up: connections, code paths
-                await start(http, cars.url("r0"), "chain", [i])
+                await start(http, cars.urls["r0"], "chain", [i])
             lat = []
             for i in range(sessions):
                 t = time.perf_counter()
-                res = await start(http, cars.url("r0"), "chain", [i])
+                res = await start(http, cars.urls["r0"], "chain", [i])
                 lat.append((time.perf_counter() - t) * 1000)
                 assert res["result"] == i, res
     hops = len(CHAIN)
@@ -170,12 +103,11 @@ async def hop_latency(mode: str, transport: str, sessions: int, workdir: Path) -
 
 async def throughput(mode: str, transport: str, workdir: Path, seconds: float = 5.0) -> float:
     roles = ["r0", "r1"]
-    with Sidecars(roles, mode, workdir, transport) as cars:
+    with sidecars(roles, mode, workdir, transport) as cars:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
-            await cars.healthy(http, roles)
 
             async def metric() -> float:
-                async with http.get(cars.url("r1") + "/metrics") as resp:
+                async with http.get(cars.urls["r1"] + "/metrics") as resp:
                     text = await resp.text()
                 sent = received = 0.0
                 for line in text.splitlines():
@@ -191,7 +123,7 @@ async def throughput(mode: str, transport: str, workdir: Path, seconds: float = 
             async def client() -> None:
                 nonlocal done
                 while time.monotonic() < stop:
-                    await start(http, cars.url("r0"), "pingpong", [20])
+                    await start(http, cars.urls["r0"], "pingpong", [20])
                     done += 1
 
             workers = [asyncio.create_task(client()) for _ in range(64)]
@@ -205,22 +137,21 @@ async def throughput(mode: str, transport: str, workdir: Path, seconds: float = 
 
 async def recovery(workdir: Path, inflight: int) -> dict[str, float]:
     roles = ["r0", "r1"]
-    with Sidecars(roles, "fault-tolerant", workdir) as cars:
+    with sidecars(roles, "fault-tolerant", workdir) as cars:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
-            await cars.healthy(http, roles)
             cars.kill("r1")
             # r0 starts the sessions and durably queues its message to r1, which is down.
             tasks = [
-                asyncio.create_task(start(http, cars.url("r0"), "hold", [i], f"hold-{i}"))
+                asyncio.create_task(start(http, cars.urls["r0"], "hold", [i], f"hold-{i}"))
                 for i in range(inflight)
             ]
             await asyncio.sleep(1.0)
             assert not any(t.done() for t in tasks), "sessions finished with r1 down"
             t0 = time.perf_counter()
-            cars.start("r1")
+            restarted = asyncio.create_task(asyncio.to_thread(cars.start, "r1"))
             results = await asyncio.gather(*tasks)
             t_done = time.perf_counter() - t0
-            await cars.healthy(http, ["r1"])
+            await restarted
             t_healthy = time.perf_counter() - t0
     ok = sum(1 for r in results if r["state"] == "completed")
     return {

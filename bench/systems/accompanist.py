@@ -1,25 +1,21 @@
-"""Deploying a workload on accompanist_py: one sidecar per service, wired peer to peer.
+"""Deploying sidecars: one per role, wired peer to peer, under a `bench.deploy.Supervisor`.
 
-`sidecar_config` writes the TOML of one sidecar (docs/contracts.md); `running_sidecars` starts
-one sidecar process per role of a workload next to already running services, waits for health
-and stops them all on exit, even on errors. Peer and service addresses can be overridden so
-that the harness can route cross-zone links through its latency proxies.
+`sidecar_config` writes the TOML of one sidecar (docs/contracts.md). `Sidecars` starts, kills
+(-9) and restarts sidecar processes by role; `running_sidecars` deploys one per service of a
+workload next to already running services and stops them all on exit, even on errors. Peer
+addresses can be overridden so that the harness can route cross-zone links through its
+latency proxies. The micro-benchmark and the tests use the same code.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import subprocess
 import sys
-import time
-import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+from bench.deploy import ProcessSpec, Supervisor, free_port
 from workloads import Workload, discover
-from workloads.launch import free_port
 
 SIDECAR = [sys.executable, "-m", "accompanist_py.sidecar"]
 
@@ -27,23 +23,26 @@ SIDECAR = [sys.executable, "-m", "accompanist_py.sidecar"]
 def sidecar_config(
     role: str,
     port: int,
-    service_url: str,
+    service_url: str | None,
     peers: Mapping[str, str],
-    choreography_module: str,
+    modules: str | Sequence[str],
     *,
     mode: str = "fault-tolerant",
+    transport: str = "stream",
     store: str | None = None,
     failpoints: Mapping[str, int] | None = None,
     receive_s: float = 60.0,
 ) -> str:
     """The TOML text of the sidecar hosting `role`."""
+    modules = [modules] if isinstance(modules, str) else list(modules)
     lines = [
         f'name = "{role}"',
         f'roles = ["{role}"]',
         f'listen = "127.0.0.1:{port}"',
-        f'service_url = "{service_url}"',
-        f'choreographies = ["{choreography_module}"]',
+        *([f'service_url = "{service_url}"'] if service_url else []),
+        "choreographies = [" + ", ".join(f'"{m}"' for m in modules) + "]",
         f'mode = "{mode}"',
+        f'transport = "{transport}"',
         "[store]",
         f'path = "{store or role + ".db"}"',
         'synchronous = "NORMAL"',
@@ -61,98 +60,58 @@ def sidecar_config(
 
 
 class Sidecars:
-    """Sidecar processes of one workload deployment."""
+    """The sidecar processes of one deployment, by role."""
 
     def __init__(
         self,
-        workload: Workload | str,
-        service_urls: Mapping[str, str],
-        dirpath: str | Path,
+        supervisor: Supervisor,
+        roles: Sequence[str],
+        modules: str | Sequence[str],
         *,
+        service_urls: Mapping[str, str] | None = None,
         mode: str = "fault-tolerant",
-        ports: Mapping[str, int] | None = None,
+        transport: str = "stream",
         peer_urls: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
-        self.workload = discover()[workload] if isinstance(workload, str) else workload
-        self.service_urls = dict(service_urls)
-        self.dir = Path(dirpath)
-        self.mode = mode
-        self.ports = {r: (ports or {}).get(r) or free_port() for r in self.workload.services}
+        self.sup = supervisor
+        self.dir = supervisor.run_dir
+        self.roles = list(roles)
+        self.modules = modules
+        self.service_urls = dict(service_urls or {})
+        self.mode, self.transport = mode, transport
+        self.ports = {r: free_port() for r in self.roles}
         self.urls = {r: f"http://127.0.0.1:{p}" for r, p in self.ports.items()}
         # peer_urls[role][peer] overrides how `role` reaches `peer` (e.g. through a proxy).
-        self.peer_urls = {r: dict((peer_urls or {}).get(r, {})) for r in self.workload.services}
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.peer_urls = {r: dict((peer_urls or {}).get(r, {})) for r in self.roles}
 
-    @property
-    def choreography(self) -> str:
-        """Name of the workload's choreography (its function name)."""
-        return self.workload.choreography.rpartition(":")[2]
-
-    def write_config(self, role: str, failpoints: Mapping[str, int] | None = None) -> Path:
-        peers = {r: self.peer_urls[role].get(r, self.urls[r]) for r in self.workload.services}
-        path = self.dir / f"sidecar-{role}.toml"
-        path.write_text(
+    def start(self, role: str, failpoints: Mapping[str, int] | None = None) -> None:
+        """Start (or restart with new failpoints) the sidecar of `role`; waits for health."""
+        peers = {r: self.peer_urls[role].get(r, self.urls[r]) for r in self.roles}
+        config = self.dir / f"sidecar-{role}.toml"
+        config.write_text(
             sidecar_config(
                 role,
                 self.ports[role],
-                self.service_urls[role],
+                self.service_urls.get(role),
                 peers,
-                self.workload.choreography.partition(":")[0],
+                self.modules,
                 mode=self.mode,
-                store=f"sidecar-{role}.db",
+                transport=self.transport,
+                store=str(self.dir / f"sidecar-{role}.db"),
                 failpoints=failpoints,
             )
         )
-        return path
-
-    def start(self, role: str, failpoints: Mapping[str, int] | None = None) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        config = self.write_config(role, failpoints)
-        with (self.dir / f"sidecar-{role}.log").open("ab") as log:
-            self.procs[role] = subprocess.Popen(
+        self.sup.start(
+            ProcessSpec(
+                f"runtime:{role}",
                 [*SIDECAR, "--config", str(config)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
+                health_url=f"{self.urls[role]}/health",
             )
+        )
 
     def kill(self, role: str) -> None:
         """kill -9 the sidecar of `role`."""
-        proc = self.procs.pop(role, None)
-        if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-    def wait_healthy(self, roles: list[str] | None = None, timeout_s: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        for role in roles or list(self.procs):
-            while True:
-                proc = self.procs[role]
-                if proc.poll() is not None:
-                    log = (self.dir / f"sidecar-{role}.log").read_text(errors="replace")
-                    raise RuntimeError(f"sidecar {role} exited {proc.returncode}:\n{log[-2000:]}")
-                with (
-                    contextlib.suppress(OSError),
-                    urllib.request.urlopen(self.urls[role] + "/health", timeout=2),
-                ):
-                    break
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"sidecar {role} not healthy after {timeout_s}s")
-                time.sleep(0.05)
-
-    def stop(self, grace_s: float = 5.0) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        deadline = time.monotonic() + grace_s
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        self.procs.clear()
+        self.sup.kill(f"runtime:{role}")
 
 
 @contextlib.contextmanager
@@ -162,12 +121,17 @@ def running_sidecars(
     dirpath: str | Path,
     **options: object,
 ) -> Iterator[Sidecars]:
-    """Start a sidecar per role of `workload`; stop them all on exit."""
-    cars = Sidecars(workload, service_urls, dirpath, **options)  # type: ignore[arg-type]
-    try:
-        for role in cars.workload.services:
+    """Start a sidecar per service of `workload`; stop them all on exit."""
+    wl = discover()[workload] if isinstance(workload, str) else workload
+    with Supervisor(Path(dirpath)) as sup:
+        cars = Sidecars(
+            sup,
+            wl.services,
+            wl.choreography.partition(":")[0],
+            service_urls=service_urls,
+            **options,
+        )  # type: ignore[arg-type]
+        cars.choreography = wl.choreography.rpartition(":")[2]  # type: ignore[attr-defined]
+        for role in wl.services:
             cars.start(role)
-        cars.wait_healthy()
         yield cars
-    finally:
-        cars.stop()
