@@ -116,6 +116,7 @@ class Matrix:
 # the slowest configuration (about 200 ms per saga with Temporal's regular activities).
 _LATENCY_LOAD = LoadProfile(mode="open", rate_rps=10.0, request_timeout_s=30.0)
 _QUICK_LOAD = LoadProfile(mode="open", rate_rps=5.0, request_timeout_s=30.0)
+_SEQUENTIAL_LOAD = LoadProfile(mode="closed", users=1, think_time_s=0.0, request_timeout_s=30.0)
 # One crash every 10 s, down for 2 s: five crashes in a 60 s cell, the first after warm-up.
 _CRASHES = CrashPlan(
     every_s=10.0, downtime_s=2.0, targets=("runtime", "service"), seed=7, first_s=15.0
@@ -133,6 +134,9 @@ SCENARIOS: dict[str, Scenario] = {
                  description="three zones 10 ms apart (one way), no crashes"),
         Scenario("three-zones-crashes", "three-zones", _LATENCY_LOAD, 60, 10.0, _CRASHES,
                  description="three zones; kill -9 a runtime or service every 10 s, down 2 s"),
+        Scenario("local-sequential", "local", _SEQUENTIAL_LOAD, 45, 5.0,
+                 description="loopback, one saga at a time (closed loop, one user, no think "
+                 "time): the latency of a saga alone"),
         Scenario("local-quick", "local", _QUICK_LOAD, 20, 5.0,
                  description="smoke: loopback, 20 s"),
         Scenario("three-zones-crashes-quick", "three-zones", _QUICK_LOAD, 20, 5.0,
@@ -159,6 +163,13 @@ MATRICES: dict[str, Matrix] = {
             ("warehouse", "hotel"),
             _ALL_SYSTEMS,
             (SCENARIOS["local"], SCENARIOS["three-zones"], SCENARIOS["three-zones-crashes"]),
+        ),
+        Matrix(
+            "sequential",
+            "one saga at a time on loopback: {warehouse, hotel} x every system",
+            ("warehouse", "hotel"),
+            _ALL_SYSTEMS,
+            (SCENARIOS["local-sequential"],),
         ),
     )
 }

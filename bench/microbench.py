@@ -8,6 +8,7 @@ Starts real sidecar processes on loopback with no injected latency and no servic
   sessions, median and p99 end-to-end divided by the number of hops;
 - throughput: messages per second one sidecar sustains (many concurrent ping-pong sessions
   between two sidecars, counted at one of them from /metrics);
+- concurrency: 1,000 sessions started at once at one sidecar, all checked;
 - recovery: kill -9 a sidecar with N sessions in flight, restart it, time until the last of
   those sessions completes (fault-tolerant mode only).
 """
@@ -135,6 +136,22 @@ async def throughput(mode: str, transport: str, workdir: Path, seconds: float = 
     return (after - before) / (t1 - t0)
 
 
+async def concurrency(workdir: Path, sessions: int) -> dict[str, float]:
+    """`sessions` sessions started at once at one sidecar: do they all complete correctly?"""
+    roles = ["r0", "r1"]
+    with sidecars(roles, "fault-tolerant", workdir) as cars:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+            t0 = time.perf_counter()
+            results = await asyncio.gather(
+                *(start(http, cars.urls["r0"], "hold", [i], f"many-{i}") for i in range(sessions))
+            )
+            elapsed = time.perf_counter() - t0
+    correct = sum(
+        1 for i, r in enumerate(results) if r["state"] == "completed" and r["result"] == i
+    )
+    return {"sessions": sessions, "correct": correct, "seconds": elapsed}
+
+
 async def recovery(workdir: Path, inflight: int) -> dict[str, float]:
     roles = ["r0", "r1"]
     with sidecars(roles, "fault-tolerant", workdir) as cars:
@@ -183,6 +200,13 @@ async def main_async(args: argparse.Namespace) -> None:
             rate = await throughput(mode, transport, d, args.seconds)
             print(f"  {mode:15s} {transport:7s} {rate:,.0f} msg/s")
         if "fault-tolerant" in args.modes:
+            d = base / "concurrency"
+            d.mkdir()
+            r = await concurrency(d, args.concurrent)
+            print(
+                f"concurrency: {r['correct']}/{r['sessions']} sessions started at once completed "
+                f"correctly in {r['seconds']:.2f} s"
+            )
             d = base / "recovery"
             d.mkdir()
             r = await recovery(d, args.inflight)
@@ -198,6 +222,7 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=300)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--inflight", type=int, default=100)
+    parser.add_argument("--concurrent", type=int, default=1000)
     parser.add_argument("--modes", default="default,fault-tolerant")
     parser.add_argument("--transports", default="stream,http")
     asyncio.run(main_async(parser.parse_args()))
