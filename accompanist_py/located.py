@@ -61,6 +61,6 @@ def _names(roles: frozenset[str]) -> str:
     return ", ".join(repr(r) for r in sorted(roles))
 
 
-def unwrap(value: Any, here: str) -> Any:
+def unwrap(value: Any) -> Any:
     """Return the value inside `value` if it is `Located`, else `value` itself."""
     return value.value if isinstance(value, Located) else value

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +38,8 @@ class NodeConfig:
     backoff: Backoff = field(default_factory=Backoff)
     max_batch: int = 64
     max_inflight: int = 16
-    retention_s: float = 600.0  # finished sessions are forgotten after this
+    retention_s: float = 600.0  # finished sessions' messages and journal go after this
+    record_retention_s: float = 3600.0  # their records (state, result) after this
     prune_interval_s: float = 30.0
     # Final decisions are off the critical path: let them wait this long to share a request.
     decision_linger_s: float = 0.02
@@ -153,7 +155,7 @@ class Node:
     async def _prune_forever(self) -> None:
         while True:
             await asyncio.sleep(self.config.prune_interval_s)
-            self.store.prune(self.config.retention_s)
+            self.store.prune(self.config.retention_s, self.config.record_retention_s)
 
     # -- starting sessions -------------------------------------------------------------------
     async def start_session(
@@ -181,9 +183,11 @@ class Node:
             )
         if rec is None:
             rec = SessionRecord(sid, chor.initiator, chor.name, args=encode_value(inputs))
-            self.store.save_session(rec)
+            # The session runs once its record is durable: a crash cannot then lose a session
+            # whose messages peers have already acted on.
+            written = self.store.save_session(rec)
             self.metrics.sessions_started.inc()
-            self._spawn(rec)
+            self._spawn(rec, ready=written)
         running = self.sessions.get((sid, chor.initiator))
         if wait and running is not None:
             await asyncio.shield(running.finished)
@@ -200,10 +204,10 @@ class Node:
                 )
         raise KeyError(session_id)
 
-    def _spawn(self, rec: SessionRecord) -> RoleSession:
+    def _spawn(self, rec: SessionRecord, ready: Awaitable[None] | None = None) -> RoleSession:
         session = RoleSession(self, rec, self.registry.get(rec.choreography))
         self.sessions[(rec.session_id, rec.role)] = session
-        session.start()
+        session.start(ready)
         return session
 
     def session_ended(self, session: RoleSession, seconds: float) -> None:
@@ -278,43 +282,65 @@ class Node:
         if (msg.kind is Kind.CONTROL) != (msg.seq < 0):
             raise ValueError("control messages use control seqs, data and choices seq >= 0")
 
-    async def deliver(self, batch: list[Message]) -> None:
-        """Accept a batch: returns once every new message in it is durable (the ack)."""
-        for msg in batch:
-            self.validate(msg)
-        durable = []
-        for msg in batch:
-            rec = self.store.session(msg.session, msg.receiver)
-            if rec is not None and rec.finished:
-                self.metrics.messages_duplicate.inc()
-                continue  # a late message for a finished session: nothing left to do
-            new, written = self.store.put_inbox(msg)
-            if not new:
-                self.metrics.messages_duplicate.inc()
-                self._check_duplicate(msg)
-                continue
-            self.metrics.messages_received.inc()
-            durable.append(written)
-            session = self.sessions.get((msg.session, msg.receiver))
-            if session is None:
-                if rec is None and msg.seq in (Control.DONE, Control.DECISION):
-                    log.warning(
-                        "control %s for unknown session %s at %s ignored",
-                        Control.NAMES[msg.seq],
-                        msg.session,
-                        msg.receiver,
-                    )
-                    continue
-                if rec is None:
-                    rec = SessionRecord(msg.session, msg.receiver, msg.choreography)
-                    # The session's first record goes in the same batch as its first message.
-                    durable.append(self.store.save_session(rec))
-                    self.metrics.sessions_started.inc()
-                session = self._spawn(rec)  # its constructor reads the inbox, msg included
-            else:
-                session.accept(msg)
+    async def deliver(self, batch: list[Message]) -> list[tuple[int, str]]:
+        """Accept a batch; returns once every message in it is durable (the acknowledgement).
+
+        Returns the messages refused for good, as (index in batch, reason): one bad message
+        does not hold up the others, which may belong to other sessions.
+        """
+        refused: list[tuple[int, str]] = []
+        durable: list[Awaitable[None]] = []
+        for index, msg in enumerate(batch):
+            try:
+                self.validate(msg)
+                self._accept(msg, durable)
+            except ValueError as exc:
+                refused.append((index, str(exc)))
         for written in durable:
             await written
+        return refused
+
+    def _accept(self, msg: Message, durable: list[Awaitable[None]]) -> None:
+        rec = self.store.session(msg.session, msg.receiver)
+        if rec is not None and rec.finished:
+            # A late copy for a finished session. Acknowledge it only once what the session
+            # received is durable, like any duplicate.
+            self.metrics.messages_duplicate.inc()
+            durable.append(self.store.flush())
+            return
+        new, written = self.store.put_inbox(msg)
+        if not new:
+            # The first copy may still be on its way to disk: the ack waits for it.
+            self.metrics.messages_duplicate.inc()
+            self._check_duplicate(msg)
+            durable.append(self.store.flush())
+            return
+        self.metrics.messages_received.inc()
+        durable.append(written)
+        session = self.sessions.get((msg.session, msg.receiver))
+        if session is not None:
+            session.accept(msg)
+            return
+        initiator = self.registry.get(msg.choreography).initiator
+        if rec is None and (
+            msg.seq in (Control.DONE, Control.DECISION) or msg.receiver == initiator
+        ):
+            # Sessions start at their initiator only through a client's start; anything else
+            # for a session unknown there is a leftover of one forgotten long ago.
+            log.warning(
+                "message #%d from %s for unknown session %s at %s ignored",
+                msg.seq,
+                msg.sender,
+                msg.session,
+                msg.receiver,
+            )
+            return
+        if rec is None:
+            rec = SessionRecord(msg.session, msg.receiver, msg.choreography)
+            # The session's first record goes in the same batch as its first message.
+            durable.append(self.store.save_session(rec))
+            self.metrics.sessions_started.inc()
+        self._spawn(rec)  # its constructor reads the inbox, this message included
 
     def _check_duplicate(self, msg: Message) -> None:
         kept = self.store.inbox_message(msg.session, msg.receiver, msg.sender, msg.seq)

@@ -105,9 +105,6 @@ class Outbox:
                 lane.failures = 0
                 lane.wake.set()
 
-    def pending(self) -> int:
-        return sum(len(lane.queue) + len(lane.lingering) for lane in self._lanes.values())
-
     async def _drain(self, receiver: str, lane: _Lane) -> None:
         try:
             while lane.queue and not self._closed:
@@ -115,8 +112,12 @@ class Outbox:
                 while lane.queue and len(batch) < self._max_batch:
                     batch.append(lane.queue.popleft())
                 try:
-                    await self._transport.send(receiver, batch)
-                except DeliveryFailed as exc:
+                    refused = await self._transport.send(receiver, batch)
+                except (DeliveryFailed, MessageRejected) as exc:
+                    if isinstance(exc, MessageRejected):
+                        log.error("%s refused %d message(s): %s", receiver, len(batch), exc)
+                        self._on_rejected(batch, str(exc))
+                        continue
                     lane.queue.extendleft(reversed(batch))
                     lane.failures += 1
                     delay = self._backoff.delay(lane.failures)
@@ -125,12 +126,17 @@ class Outbox:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(lane.wake.wait(), delay)
                     continue
-                except MessageRejected as exc:
-                    log.error("%s rejected %d message(s) for good: %s", receiver, len(batch), exc)
-                    self._on_rejected(batch, str(exc))
+                except Exception:  # a transport bug must not lose the batch
+                    log.exception("sending to %s failed unexpectedly", receiver)
+                    lane.queue.extendleft(reversed(batch))
+                    await asyncio.sleep(self._backoff.delay(lane.failures + 1))
                     continue
                 lane.failures = 0
-                self._on_acked(batch)
+                bad = {index: reason for index, reason in refused}
+                for index, reason in bad.items():
+                    log.error("%s refused %s for good: %s", receiver, batch[index].key, reason)
+                    self._on_rejected([batch[index]], reason)
+                self._on_acked([m for i, m in enumerate(batch) if i not in bad])
         finally:
             lane.senders -= 1
 

@@ -120,8 +120,8 @@ class Op:
         step = self._step()
         if at != self._here:
             return Located(frozenset({at}), self._here)
-        values = [unwrap(a, self._here) for a in args]
-        kw = {k: unwrap(v, self._here) for k, v in kwargs.items()}
+        values = [unwrap(a) for a in args]
+        kw = {k: unwrap(v) for k, v in kwargs.items()}
 
         async def run() -> Any:
             out = fn(*values, **kw)
@@ -137,7 +137,7 @@ class Op:
             raise SelfSendError(f"comm from role {src!r} to itself in {self._chor.name!r}")
         self._step()
         if self._here == s:
-            await self._session.send(d, Kind.DATA, unwrap(value, self._here))
+            await self._session.send(d, Kind.DATA, unwrap(value))
             return Located(frozenset({d}), self._here)
         if self._here == d:
             return Located(frozenset({d}), self._here, await self._session.receive(s, Kind.DATA))
@@ -161,7 +161,7 @@ class Op:
                     targets.append(t)
         step = self._step()
         if self._here == s:
-            v = unwrap(value, self._here)
+            v = unwrap(value)
             self._session.learn_choice(step, v)
             for t in targets:
                 await self._session.send(t, Kind.CHOICE, v)
@@ -184,7 +184,7 @@ class Op:
         step = self._step()
         if at != self._here:
             return Located(frozenset({at}), self._here)
-        body = unwrap(payload, self._here)
+        body = unwrap(payload)
         value = await self._session.call_service(step, operation, body, key or step)
         return Located(frozenset({at}), self._here, value)
 
@@ -198,9 +198,9 @@ class Op:
         step = self._step()
         if at != self._here:
             return Located(frozenset({at}), self._here)
-        payload = unwrap(txn.payload, self._here)
+        payload = unwrap(txn.payload)
         if isinstance(payload, dict):
-            payload = {k: unwrap(v, self._here) for k, v in payload.items()}
+            payload = {k: unwrap(v) for k, v in payload.items()}
         value = await self._session.transact(step, txn, payload)
         return Located(frozenset({at}), self._here, value)
 

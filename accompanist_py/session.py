@@ -68,22 +68,34 @@ class RoleSession:
         self._progress = asyncio.Event()  # set when a DONE or DECISION arrives
         self._decided = False
         self._abort: tuple[str, bool] | None = None  # (reason, failed)
+        self._abort_origin = False  # this role decided the abort: it must tell every role
+        self._started = False  # a task cancelled before its first step would never run
         self._compensating = False
+        self._finishing = False
         self._txn_index = 0
         # The latest `locally` journal write not yet known durable: a send waits for it, since
         # replay could not reproduce a non-deterministic result that a peer has already seen.
         self._unsynced: Awaitable[None] | None = None
-        self._background: set[asyncio.Task[None]] = set()
         self.task: asyncio.Task[None] | None = None
         self.finished: asyncio.Future[SessionRecord] = asyncio.get_running_loop().create_future()
+        if record.state == SessionState.ABORTING:
+            # Recovered mid-abort: resume it as it was, before the inbox is replayed.
+            info = decode_value(record.result) if record.result else {}
+            self._abort = (str(info.get("reason", "aborted")), bool(info.get("failed")))
+            self._abort_origin = bool(info.get("origin"))
         for msg in node.store.inbox(self.session_id, self.role):
             self.accept(msg)
-        if record.state == SessionState.ABORTING and self._abort is None:
-            self._abort = ("aborted before restart", False)
 
     # -- messages in -------------------------------------------------------------------------
     def accept(self, msg: Message) -> None:
-        """Take a message that is (being made) durable in the inbox."""
+        """Take a message that is (being made) durable in the inbox.
+
+        Choices carried in its headers are learned now, not when it is consumed: a role that
+        joins after a choice must know it before its first receive. This cannot make replay
+        diverge: every message received before a crash is in the inbox after it, so a choice
+        known in the first run is known in the replay (one unknown in the first run failed
+        the session, which is then never replayed).
+        """
         for cid, v in msg.headers.get("c", {}).items():
             self.choices.setdefault(cid, v)
         if msg.kind is not Kind.CONTROL:
@@ -104,28 +116,33 @@ class RoleSession:
         elif msg.seq == Control.ABORT:
             self.abort(str(body.get("reason", "aborted")), bool(body.get("failed")))
 
-    def abort(self, reason: str, failed: bool) -> None:
-        """The session aborts: stop the role's part (if running) and compensate."""
+    def abort(self, reason: str, failed: bool, *, origin: bool = False) -> None:
+        """The session aborts: stop the role's part (if running) and compensate.
+
+        `origin`: this role decided the abort (rather than hearing of it), so it tells every
+        other role, also after a crash, until they acknowledge.
+        """
         if self.record.finished or self._abort is not None:
             return
+        if self._finishing:
+            log.warning("abort of %s at %s ignored: already finishing", self.session_id, self.role)
+            return
         self._abort = (reason, failed)
+        self._abort_origin = origin
         self.record.state = SessionState.ABORTING
+        self.record.result = encode_value({"reason": reason, "failed": failed, "origin": origin})
         self.node.store.save_session(self.record)
-        if self.task is not None and not self._compensating:
+        if (
+            self.task is not None
+            and self._started
+            and not self._compensating
+            and asyncio.current_task() is not self.task  # from inside, _run carries on itself
+        ):
             self.task.cancel()
 
     def fail(self, reason: str) -> None:
         """Fail the session from outside its task (a peer refused one of its messages)."""
-        if self.record.finished or self._abort is not None:
-            return
-        for r in self.chor.roles:
-            if r != self.role:
-                task = asyncio.create_task(
-                    self._control(r, Control.ABORT, {"reason": reason, "failed": True})
-                )
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
-        self.abort(reason, failed=True)
+        self.abort(reason, failed=True, origin=True)
 
     # -- primitives used by Op ---------------------------------------------------------------
     def learn_choice(self, choice_id: str, value: Any) -> None:
@@ -227,6 +244,9 @@ class RoleSession:
         return await self.journaled(step, f"call:{operation}", run)
 
     async def _call(self, operation: str, payload: Any, key: str) -> Any:
+        if self._unsynced is not None:  # a payload may carry a `locally` result: make it stick
+            await self._unsynced
+            self._unsynced = None
         self.node.metrics.service_calls.inc()
         failpoints.hit("before_call")
         value = await self.node.service.call(operation, payload, key)
@@ -244,12 +264,10 @@ class RoleSession:
                 f"#{index} was {prior.name!r} before the restart and is {txn.name!r} now"
             )
         if prior is None:
-            # An abort must find every transaction that may have taken effect, even across a
-            # crash. No need to wait for this write: the store commits in order, so any record
-            # of an abort (our ABORTING state, or an ABORT in the inbox) that survives a crash
-            # implies this row survived too; and without an abort, replay re-attempts the
-            # commit under the same idempotency key and writes the row again.
-            store.save_txn(
+            # Durable before the commit call: an abort must find every transaction that may
+            # have taken effect, even one that arrives after a crash and before replay gets
+            # back to this step.
+            await store.save_txn(
                 TxnRecord(
                     self.session_id,
                     self.role,
@@ -295,14 +313,20 @@ class RoleSession:
         return value
 
     # -- the run -----------------------------------------------------------------------------
-    def start(self) -> None:
-        self.task = asyncio.create_task(self._run(), name=f"session {self.session_id}@{self.role}")
+    def start(self, ready: Awaitable[None] | None = None) -> None:
+        """Run the role's part as a task, once `ready` (the session record's write) is done."""
+        self.task = asyncio.create_task(
+            self._run(ready), name=f"session {self.session_id}@{self.role}"
+        )
 
-    async def _run(self) -> None:
+    async def _run(self, ready: Awaitable[None] | None) -> None:
+        self._started = True
         started = time.monotonic()
         try:
             if self._abort is None:
                 try:
+                    if ready is not None:
+                        await ready
                     value = await self._execute()
                     await self._conclude(value)
                 except asyncio.CancelledError:
@@ -312,7 +336,7 @@ class RoleSession:
                     failed = not isinstance(exc, BusinessAbort)
                     if failed:
                         log.warning("session %s failed at %s: %s", self.session_id, self.role, exc)
-                    await self._abort_everywhere(str(exc), failed)
+                    self.abort(str(exc), failed, origin=True)
             if self._abort is not None:
                 await self._compensate()
         finally:
@@ -361,14 +385,6 @@ class RoleSession:
     def _all_done(self) -> bool:
         return self._participants() <= set(self._dones)
 
-    async def _abort_everywhere(self, reason: str, failed: bool) -> None:
-        self._abort = (reason, failed)
-        self.record.state = SessionState.ABORTING
-        self.node.store.save_session(self.record)
-        for r in self.chor.roles:
-            if r != self.role:
-                await self._control(r, Control.ABORT, {"reason": reason, "failed": failed})
-
     async def _control(
         self, receiver: str, seq: int, body: dict[str, Any], linger_s: float = 0.0
     ) -> None:
@@ -387,6 +403,10 @@ class RoleSession:
         assert self._abort is not None
         self._compensating = True
         reason, failed = self._abort
+        if self._abort_origin:  # again after a crash: the fixed seq makes repeats harmless
+            for r in self.chor.roles:
+                if r != self.role:
+                    await self._control(r, Control.ABORT, {"reason": reason, "failed": failed})
         store = self.node.store
         pending = [
             t
@@ -423,6 +443,7 @@ class RoleSession:
         )
 
     async def _finish(self, state: str, result: Any) -> None:
+        self._finishing = True
         self.record.state = state
         self.record.result = encode_value(result)
         await self.node.store.save_session(self.record)

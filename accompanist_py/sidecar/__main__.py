@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import sqlite3
 import sys
 
 from aiohttp import web
@@ -22,6 +23,8 @@ async def serve(config_path: str) -> None:
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
     await site.start()
+    # Listening now: tell the peers again, so that their resends are not refused.
+    await node.transport.announce_ready()
     logging.getLogger("accompanist.sidecar").info(
         "sidecar %s (%s) listening on %s:%d, mode %s",
         config.name,
@@ -54,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         runner = asyncio.run
     try:
         runner(serve(args.config))
-    except (ConfigError, ChoreographyError, ImportError, OSError) as exc:
+    except (ConfigError, ChoreographyError, ImportError, OSError, sqlite3.Error) as exc:
         print(f"sidecar: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -10,9 +10,11 @@ GET  /health, GET /metrics      liveness, Prometheus text
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
+import msgpack
 from aiohttp import web
 
 from accompanist_py import failpoints
@@ -27,6 +29,7 @@ from accompanist_py.transport.http import HttpTransport
 from accompanist_py.transport.stream import STREAM_PATH, StreamTransport, serve_stream
 
 NODE = web.AppKey("node", Node)
+STREAMS = web.AppKey("streams", set)  # open peer streams, closed at shutdown
 
 
 def build_node(config: SidecarConfig) -> Node:
@@ -108,14 +111,21 @@ async def session_status(request: web.Request) -> web.Response:
 async def messages(request: web.Request) -> web.Response:
     try:
         batch = decode_batch(await request.read())
-        await request.app[NODE].deliver(batch)
     except ValueError as exc:
         return _error(400, str(exc))
-    return web.Response(status=200)
+    refused = await request.app[NODE].deliver(batch)
+    return web.Response(body=msgpack.packb(refused), content_type="application/msgpack")
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
-    return await serve_stream(request, request.app[NODE].deliver)
+    streams = request.app[STREAMS]
+    task = asyncio.current_task()
+    assert task is not None
+    streams.add(task)
+    try:
+        return await serve_stream(request, request.app[NODE].deliver)
+    finally:
+        streams.discard(task)
 
 
 async def ready(request: web.Request) -> web.Response:
@@ -148,6 +158,14 @@ def make_app(node: Node) -> web.Application:
     """The aiohttp application serving `node` (started and closed with the app)."""
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app[NODE] = node
+    app[STREAMS] = set()
+
+    async def close_streams(app: web.Application) -> None:
+        # Long-lived WebSockets would hold a graceful shutdown for aiohttp's full timeout.
+        for task in list(app[STREAMS]):
+            task.cancel()
+
+    app.on_shutdown.append(close_streams)
     app.router.add_post("/sessions/{choreography}", start_session)
     app.router.add_get("/sessions/{session_id}", session_status)
     app.router.add_post("/messages", messages)

@@ -82,6 +82,9 @@ def parse(raw: dict[str, Any], where: str = "config", base: Path | None = None) 
         isinstance(k, str) and isinstance(v, str) and v.startswith("http") for k, v in peers.items()
     ):
         raise ConfigError(f"{where}: [peers] must map role names to http:// URLs")
+    for table in ("peers", "store", "timeouts", "failpoints"):
+        if not isinstance(raw.get(table, {}), dict):
+            raise ConfigError(f"{where}: [{table}] must be a table")
     store = raw.get("store", {})
     store_path = store.get("path")
     if mode == "fault-tolerant" and not store_path:
@@ -101,9 +104,21 @@ def parse(raw: dict[str, Any], where: str = "config", base: Path | None = None) 
             receive_timeout_s=float(t.get("receive_s", 60.0)),
             backoff=backoff,
             retention_s=float(raw.get("retention_s", 600.0)),
+            record_retention_s=float(raw.get("record_retention_s", 3600.0)),
         )
         call_s = float(t.get("service_call_s", 5.0))
         deadline_s = float(t.get("service_deadline_s", 300.0))
+        numbers = [
+            backoff.initial_s,
+            backoff.max_s,
+            node.receive_timeout_s,
+            node.retention_s,
+            node.record_retention_s,
+            call_s,
+            deadline_s,
+        ]
+        if min(numbers) <= 0:
+            raise ValueError("timeouts and retentions must be positive")
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: [timeouts] values must be numbers ({exc})") from None
     fail = raw.get("failpoints", {})

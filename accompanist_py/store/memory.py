@@ -248,18 +248,24 @@ class MemoryStore:
         )
 
     # -- retention ---------------------------------------------------------------------------
-    def prune(self, retention_s: float) -> int:
-        """Forget finished sessions older than `retention_s`; returns how many."""
-        cutoff = time.time() - retention_s
+    def prune(self, retention_s: float, record_retention_s: float) -> int:
+        """Forget what finished sessions no longer need; returns how many records went.
+
+        Their inbox, outbox, journal and transaction rows go after `retention_s`; their
+        records (state and result) stay for `record_retention_s`, so that a late duplicate
+        message or a repeated start still finds the session finished instead of reviving it.
+        """
+        now = time.time()
+        cutoff = now - record_retention_s
         old = [k for k, r in self.sessions.items() if r.finished and r.updated < cutoff]
         for key in old:
             del self.sessions[key]
             self.forget_working_state(*key)
-        self._prune_durable(cutoff)
+        self._prune_durable(now - retention_s, cutoff)
         return len(old)
 
-    def _prune_durable(self, cutoff: float) -> None:
-        """Delete durable rows of sessions finished before `cutoff` (durable stores only)."""
+    def _prune_durable(self, working_cutoff: float, record_cutoff: float) -> None:
+        """Delete durable rows of finished sessions (durable stores only)."""
 
     async def flush(self) -> None:
         """Wait until every write issued so far is durable."""

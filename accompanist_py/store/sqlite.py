@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -161,9 +162,11 @@ class SQLiteStore(MemoryStore):
                     if params is not None:
                         conn.execute(sql, params)
                 conn.execute("COMMIT")
-            except BaseException as exc:  # report to every waiter rather than die silently
-                log.exception("store write failed")
-                error = exc
+            except BaseException as exc:
+                # Memory is now ahead of disk: acknowledging anything more would be a lie.
+                # Die like a crash; the restart recovers from what the disk really holds.
+                log.critical("store write failed, stopping the process: %s", exc)
+                os._exit(70)
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
             self.batches += 1
@@ -180,25 +183,24 @@ class SQLiteStore(MemoryStore):
     async def flush(self) -> None:
         await self._persist("SELECT 1", None)  # type: ignore[arg-type]
 
-    def _prune_durable(self, cutoff: float) -> None:
-        for table in ("inbox", "journal", "txns"):
-            role_col = "receiver" if table == "inbox" else "role"
+    def _prune_durable(self, working_cutoff: float, record_cutoff: float) -> None:
+        finished = (
+            "SELECT session_id, role FROM sessions WHERE updated < ? "
+            "AND state IN ('completed', 'compensated', 'failed')"
+        )
+        for table, role in (("inbox", "receiver"), ("journal", "role"), ("txns", "role")):
             self._persist(
-                f"DELETE FROM {table} WHERE (session_id, {role_col}) IN (SELECT session_id, "
-                f"role FROM sessions WHERE updated < ? AND state IN ('completed', "
-                "'compensated', 'failed'))",
-                (cutoff,),
+                f"DELETE FROM {table} WHERE (session_id, {role}) IN ({finished})",
+                (working_cutoff,),
             )
         self._persist(
-            "DELETE FROM outbox WHERE acked = 1 AND (session_id, sender) IN (SELECT session_id, "
-            "role FROM sessions WHERE updated < ? AND state IN ('completed', 'compensated', "
-            "'failed'))",
-            (cutoff,),
+            f"DELETE FROM outbox WHERE acked = 1 AND (session_id, sender) IN ({finished})",
+            (working_cutoff,),
         )
         self._persist(
-            "DELETE FROM sessions WHERE updated < ? AND state IN ('completed', 'compensated', "
-            "'failed')",
-            (cutoff,),
+            "DELETE FROM sessions WHERE updated < ? "
+            "AND state IN ('completed', 'compensated', 'failed')",
+            (record_cutoff,),
         )
 
 

@@ -2,7 +2,8 @@
 
 One keep-alive connection pool per peer. A batch of messages is one POST of msgpack to the
 peer's `/messages`; the 200 answer is the acknowledgement, sent only after the peer has the
-messages durably. 4xx means the peer refuses the batch for good; anything else is retryable.
+messages durably, and lists (msgpack) the messages it refused for good. 4xx means the peer
+refuses the whole batch; anything else is retryable.
 The receiving side is served by the sidecar's HTTP app, which calls `deliver`.
 """
 
@@ -11,9 +12,10 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import msgpack
 
 from accompanist_py.message import Message, encode_batch
-from accompanist_py.transport import Deliver, DeliveryFailed, MessageRejected, OnReady
+from accompanist_py.transport import Deliver, DeliveryFailed, MessageRejected, OnReady, Refusals
 
 CONTENT_TYPE = "application/msgpack"
 
@@ -51,7 +53,7 @@ class HttpTransport:
         except KeyError:
             raise MessageRejected(f"no peer address configured for role {receiver!r}") from None
 
-    async def send(self, receiver: str, batch: list[Message]) -> None:
+    async def send(self, receiver: str, batch: list[Message]) -> Refusals:
         assert self._session is not None, "transport not started"
         url = self._url(receiver, "/messages")
         try:
@@ -59,8 +61,7 @@ class HttpTransport:
                 url, data=encode_batch(batch), headers={"Content-Type": CONTENT_TYPE}
             ) as resp:
                 if resp.status == 200:
-                    await resp.read()
-                    return
+                    return [tuple(r) for r in msgpack.unpackb(await resp.read())]
                 text = (await resp.text())[:300]
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise DeliveryFailed(f"{url}: {exc.__class__.__name__}: {exc}") from exc

@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass
 
 from accompanist_py.message import Message
-from accompanist_py.transport import Deliver, DeliveryFailed, MessageRejected, OnReady
+from accompanist_py.transport import Deliver, DeliveryFailed, OnReady, Refusals
 
 
 @dataclass
@@ -35,21 +35,19 @@ class MemoryNetwork:
     def transport(self) -> MemoryTransport:
         return MemoryTransport(self)
 
-    async def _send(self, receiver: str, batch: list[Message]) -> None:
+    async def _send(self, receiver: str, batch: list[Message]) -> Refusals:
         target = self._nodes.get(receiver)
         if target is None:
             raise DeliveryFailed(f"no node hosts role {receiver!r} (yet)")
         f = self.faults
         if f.max_delay_s:
             await asyncio.sleep(self._rng.uniform(0, f.max_delay_s))
-        try:
-            await target[0](batch)
-            if f.duplicate and self._rng.random() < f.duplicate:
-                await target[0](list(batch))
-        except ValueError as exc:
-            raise MessageRejected(str(exc)) from exc
+        refused = await target[0](batch)
+        if f.duplicate and self._rng.random() < f.duplicate:
+            await target[0](list(batch))
         if f.lose_ack and self._rng.random() < f.lose_ack:
             raise DeliveryFailed("acknowledgement lost (injected)")
+        return refused
 
 
 class MemoryTransport:
@@ -64,8 +62,8 @@ class MemoryTransport:
         for r in roles:
             self._network._nodes[r] = (deliver, on_ready)
 
-    async def send(self, receiver: str, batch: list[Message]) -> None:
-        await self._network._send(receiver, batch)
+    async def send(self, receiver: str, batch: list[Message]) -> Refusals:
+        return await self._network._send(receiver, batch)
 
     async def announce_ready(self) -> None:
         notified = set()

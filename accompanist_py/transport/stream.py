@@ -3,8 +3,10 @@
 The HTTP transport pays for a whole request and response per batch: header parsing, a request
 object, a handler call, on both sides. Here each sidecar keeps one WebSocket (an upgraded HTTP
 connection on the same aiohttp server) to each peer; a batch is one binary frame
-`[batch_id, messages]`, and the peer answers with a frame `[batch_id, None]` once the batch is
-durable, or `[batch_id, error]` if it refuses it for good. Many batches are in flight at once.
+`[batch_id, messages]`, and the peer answers with a frame `[batch_id, refused]` once the batch is
+durable (`refused` lists the messages it refused for good), or `[batch_id, error]` if it refuses
+the whole batch; a batch it cannot handle at all closes the connection (sent again later).
+Many batches are in flight at once.
 A broken connection fails every batch in flight as retryable; the outbox resends them, and the
 receiver drops whatever it already had. `python -m bench.microbench` compares both transports.
 """
@@ -21,7 +23,7 @@ import msgpack
 from aiohttp import web
 
 from accompanist_py.message import Message, messages_from_rows
-from accompanist_py.transport import Deliver, DeliveryFailed, MessageRejected
+from accompanist_py.transport import Deliver, DeliveryFailed, MessageRejected, Refusals
 from accompanist_py.transport.http import HttpTransport
 
 log = logging.getLogger(__name__)
@@ -35,14 +37,10 @@ class _Link:
     def __init__(self) -> None:
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self.reader: asyncio.Task[None] | None = None
-        self.pending: dict[int, asyncio.Future[None]] = {}
+        # Batches in flight on the current connection only: each connection has its own, so
+        # a closing old one cannot fail batches already sent on its successor.
+        self.pending: dict[int, asyncio.Future[Refusals]] = {}
         self.connecting = asyncio.Lock()
-
-    def fail_all(self, reason: str) -> None:
-        for fut in self.pending.values():
-            if not fut.done():
-                fut.set_exception(DeliveryFailed(reason))
-        self.pending.clear()
 
 
 class StreamTransport(HttpTransport):
@@ -68,37 +66,51 @@ class StreamTransport(HttpTransport):
                     )
                 except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                     raise DeliveryFailed(f"{url}{STREAM_PATH}: {exc}") from exc
-                link.reader = asyncio.create_task(self._read(url, link, link.ws))
+                link.pending = {}
+                link.reader = asyncio.create_task(self._read(url, link.pending, link.ws))
         return link
 
-    async def _read(self, url: str, link: _Link, ws: aiohttp.ClientWebSocketResponse) -> None:
+    async def _read(
+        self,
+        url: str,
+        pending: dict[int, asyncio.Future[Refusals]],
+        ws: aiohttp.ClientWebSocketResponse,
+    ) -> None:
         try:
             async for frame in ws:
                 if frame.type is not aiohttp.WSMsgType.BINARY:
                     continue
-                batch_id, error = msgpack.unpackb(frame.data)
-                fut = link.pending.pop(batch_id, None)
+                batch_id, answer = msgpack.unpackb(frame.data)
+                fut = pending.pop(batch_id, None)
                 if fut is None or fut.done():
                     continue
-                if error is None:
-                    fut.set_result(None)
+                if isinstance(answer, list):
+                    fut.set_result([tuple(r) for r in answer])
                 else:
-                    fut.set_exception(MessageRejected(f"{url} refused the batch: {error}"))
+                    fut.set_exception(MessageRejected(f"{url} refused the batch: {answer}"))
+        except Exception:  # a frame we cannot read: drop this connection, resend on a new one
+            log.exception("bad acknowledgement from %s", url)
         finally:
-            link.fail_all(f"{url}: stream closed")
+            await ws.close()
+            for fut in pending.values():
+                if not fut.done():
+                    fut.set_exception(DeliveryFailed(f"{url}: stream closed"))
+            pending.clear()
 
-    async def send(self, receiver: str, batch: list[Message]) -> None:
+    async def send(self, receiver: str, batch: list[Message]) -> Refusals:
         link = await self._link(receiver)
         batch_id = next(self._ids)
-        fut = asyncio.get_running_loop().create_future()
-        link.pending[batch_id] = fut
+        fut: asyncio.Future[Refusals] = asyncio.get_running_loop().create_future()
+        pending = link.pending
+        pending[batch_id] = fut
         frame = msgpack.packb([batch_id, [m.to_wire() for m in batch]], use_bin_type=True)
         try:
             await link.ws.send_bytes(frame)  # type: ignore[union-attr]
-            await asyncio.wait_for(fut, self._ack_timeout)
+            return await asyncio.wait_for(fut, self._ack_timeout)
         except (TimeoutError, aiohttp.ClientError, ConnectionError, OSError) as exc:
-            link.pending.pop(batch_id, None)
             raise DeliveryFailed(f"{receiver}: {exc.__class__.__name__}: {exc}") from exc
+        finally:
+            pending.pop(batch_id, None)
 
     async def close(self) -> None:
         for link in self._links.values():
@@ -124,13 +136,17 @@ async def serve_stream(request: web.Request, deliver: Deliver) -> web.WebSocketR
             log.error("malformed stream frame: %s", exc)
             await ws.close()
             return
-        error = None
+        answer: Refusals | str
         try:
-            await deliver(messages_from_rows(rows))
-        except ValueError as exc:
-            error = str(exc)
+            answer = await deliver(messages_from_rows(rows))
+        except ValueError as exc:  # the batch itself is malformed
+            answer = str(exc)
+        except Exception:  # not the sender's fault: no ack, the connection goes, it resends
+            log.exception("delivering a batch failed")
+            await ws.close()
+            return
         if not ws.closed:
-            await ws.send_bytes(msgpack.packb([batch_id, error]))
+            await ws.send_bytes(msgpack.packb([batch_id, answer]))
 
     async for frame in ws:
         if frame.type is aiohttp.WSMsgType.BINARY:
