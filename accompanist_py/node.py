@@ -30,6 +30,10 @@ from accompanist_py.transport import Transport
 log = logging.getLogger(__name__)
 
 
+class NodeStopping(Exception):
+    """The node is shutting down; the session goes on after its restart."""
+
+
 @dataclass(frozen=True)
 class NodeConfig:
     """Timeouts and limits of a node."""
@@ -105,6 +109,7 @@ class Node:
             max_inflight=self.config.max_inflight,
         )
         self._pruner: asyncio.Task[None] | None = None
+        self._closed = False
         self.metrics.gauges += [
             Gauge(
                 "accompanist_sessions_active", "Sessions running here.", lambda: len(self.sessions)
@@ -140,13 +145,25 @@ class Node:
         self._pruner = asyncio.create_task(self._prune_forever())
 
     async def close(self) -> None:
-        """Stop sessions (their durable state stays for recovery) and release resources."""
+        """Stop sessions (their durable state stays for recovery) and release resources.
+
+        Clients waiting for a session's end get `NodeStopping`: the session resumes when the
+        node restarts, and a repeated start with the same id returns its outcome.
+        """
+        if self._closed:
+            return
+        self._closed = True
         if self._pruner is not None:
             self._pruner.cancel()
-        tasks = [s.task for s in self.sessions.values() if s.task is not None]
+        sessions = list(self.sessions.values())
+        tasks = [s.task for s in sessions if s.task is not None]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for s in sessions:
+            if not s.finished.done():
+                s.finished.set_exception(NodeStopping(f"node {self.name!r} is stopping"))
+                s.finished.exception()  # retrieved: nobody may be waiting
         await self.outbox.close()
         await self.transport.close()
         await self.service.close()

@@ -21,24 +21,30 @@ async def serve(config_path: str) -> None:
     node = build_node(config)
     runner = web.AppRunner(make_app(node), access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
-    await site.start()
-    # Listening now: tell the peers again, so that their resends are not refused.
-    await node.transport.announce_ready()
-    logging.getLogger("accompanist.sidecar").info(
-        "sidecar %s (%s) listening on %s:%d, mode %s",
-        config.name,
-        ", ".join(config.roles),
-        config.host,
-        config.port,
-        config.mode,
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await runner.cleanup()  # graceful: stops accepting, closes the node and its store
+    try:
+        # Requests still open at shutdown are clients waiting for a session: they get a 503
+        # at once (the node answers them), so a short grace is plenty.
+        site = web.TCPSite(
+            runner, config.host, config.port, reuse_address=True, shutdown_timeout=5.0
+        )
+        await site.start()
+        # Listening now: tell the peers again, so that their resends are not refused.
+        await node.transport.announce_ready()
+        logging.getLogger("accompanist.sidecar").info(
+            "sidecar %s (%s) listening on %s:%d, mode %s",
+            config.name,
+            ", ".join(config.roles),
+            config.host,
+            config.port,
+            config.mode,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()  # graceful: stops accepting, closes the node and its store
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ from accompanist_py import failpoints
 from accompanist_py.choreography import Registry
 from accompanist_py.errors import ChoreographyError
 from accompanist_py.message import decode_batch
-from accompanist_py.node import Node
+from accompanist_py.node import Node, NodeStopping
 from accompanist_py.service import HttpServiceClient
 from accompanist_py.sidecar.config import SidecarConfig
 from accompanist_py.store import MemoryStore, SQLiteStore
@@ -97,6 +97,8 @@ async def start_session(request: web.Request) -> web.Response:
         )
     except ChoreographyError as exc:
         return _error(404 if "unknown choreography" in str(exc) else 400, str(exc))
+    except NodeStopping as exc:
+        return _error(503, f"{exc}; the session resumes after the restart: start it again")
     return web.json_response(status.to_json(), status=200 if status.finished else 202)
 
 
@@ -160,12 +162,14 @@ def make_app(node: Node) -> web.Application:
     app[NODE] = node
     app[STREAMS] = set()
 
-    async def close_streams(app: web.Application) -> None:
-        # Long-lived WebSockets would hold a graceful shutdown for aiohttp's full timeout.
+    async def stop(app: web.Application) -> None:
+        # Before aiohttp waits for open requests: long-lived streams, and clients waiting for
+        # a session's end, would otherwise hold the shutdown for its full timeout.
         for task in list(app[STREAMS]):
             task.cancel()
+        await node.close()
 
-    app.on_shutdown.append(close_streams)
+    app.on_shutdown.append(stop)
     app.router.add_post("/sessions/{choreography}", start_session)
     app.router.add_get("/sessions/{session_id}", session_status)
     app.router.add_post("/messages", messages)

@@ -1,0 +1,353 @@
+"""Processes for the runtime tests: sidecars and tiny services on free loopback ports.
+
+A `Cluster` is three sidecars (roles a, b, c; tests/runtime/runtime_choreographies.py loaded
+by module name) each next to its own tiny service (tests/runtime/tiny_service.py), every
+process with its own SQLite file and log under the test's tmp dir. Ports are picked by binding
+port 0 and stay fixed for the cluster's life, so a killed process restarts where its peers
+expect it. `Cluster.stop` (and `Process.stop`) end every process: SIGTERM, then SIGKILL after
+a grace period; the fixtures in conftest.py call them whatever the test's outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+RUNTIME_TESTS = Path(__file__).resolve().parent
+REPO = RUNTIME_TESTS.parents[1]
+ROLES = ("a", "b", "c")
+TERMINAL = frozenset({"completed", "compensated", "failed"})
+STARTUP_S = 30.0
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago (the OS picks it)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a child process: it can import the repo and the test modules."""
+    env = dict(os.environ)
+    paths = [str(RUNTIME_TESTS), str(REPO), env.get("PYTHONPATH", "")]
+    env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+    return env
+
+
+class Process:
+    """One child process writing to its own log file."""
+
+    def __init__(self, name: str, argv: list[str], log: Path) -> None:
+        self.name = name
+        self.argv = argv
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                self.argv,
+                cwd=REPO,
+                env=child_env(),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def terminate(self) -> None:
+        """SIGTERM, as a supervisor stopping the process would."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """kill -9, as a crash would."""
+        if self.alive():
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self, grace_s: float = 5.0) -> int | None:
+        """SIGTERM, then SIGKILL if it is still running after `grace_s`; returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    async def wait_exit(self, deadline_s: float) -> int | None:
+        """Wait (polling, without blocking the loop) until the process exits; its code or None."""
+        end = time.monotonic() + deadline_s
+        while True:
+            if not self.alive() or time.monotonic() > end:
+                return self.returncode
+            await asyncio.sleep(0.05)
+
+    def tail(self, chars: int = 3000) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return f"--- {self.name} ({self.log}) ---\n{text[-chars:]}"
+
+
+def _healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+class Cluster:
+    """Sidecars for roles a, b, c, each with its own tiny service."""
+
+    def __init__(
+        self, dirpath: Path, *, receive_s: float = 60.0, transport: str | None = None
+    ) -> None:
+        self.dir = dirpath
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.receive_s = receive_s
+        self.transport = transport  # None: the sidecar's default
+        self.sidecar_ports = {r: free_port() for r in ROLES}
+        self.service_ports = {r: free_port() for r in ROLES}
+        self.sidecars: dict[str, Process] = {}
+        self.services: dict[str, Process] = {}
+
+    # -- addresses ---------------------------------------------------------------------------
+    def sidecar_url(self, role: str) -> str:
+        return f"http://127.0.0.1:{self.sidecar_ports[role]}"
+
+    def service_url(self, role: str) -> str:
+        return f"http://127.0.0.1:{self.service_ports[role]}"
+
+    # -- processes ---------------------------------------------------------------------------
+    def config_text(self, role: str, failpoints: dict[str, int] | None = None) -> str:
+        peers = "\n".join(f'{r} = "{self.sidecar_url(r)}"' for r in ROLES if r != role)
+        text = f"""
+name = "{role}"
+roles = ["{role}"]
+listen = "127.0.0.1:{self.sidecar_ports[role]}"
+service_url = "{self.service_url(role)}"
+choreographies = ["runtime_choreographies"]
+mode = "fault-tolerant"
+
+[store]
+path = "sidecar-{role}.db"
+
+[peers]
+{peers}
+
+[timeouts]
+receive_s = {self.receive_s}
+service_call_s = 5.0
+retry_initial_s = 0.02
+retry_max_s = 0.25
+"""
+        if self.transport is not None:
+            text = f'transport = "{self.transport}"\n' + text
+        if failpoints:
+            text += "\n[failpoints]\n" + "".join(f"{p} = {n}\n" for p, n in failpoints.items())
+        return text
+
+    def launch_sidecar(self, role: str, failpoints: dict[str, int] | None = None) -> Process:
+        config = self.dir / f"sidecar-{role}.toml"
+        config.write_text(self.config_text(role, failpoints))
+        proc = Process(
+            f"sidecar {role}",
+            [sys.executable, "-m", "accompanist_py.sidecar", "--config", str(config)],
+            self.dir / f"sidecar-{role}.log",
+        )
+        self.sidecars[role] = proc
+        proc.start()
+        return proc
+
+    def launch_service(self, role: str) -> Process:
+        proc = Process(
+            f"service {role}",
+            [
+                sys.executable,
+                str(RUNTIME_TESTS / "tiny_service.py"),
+                "--port",
+                str(self.service_ports[role]),
+                "--db",
+                str(self.dir / f"service-{role}.db"),
+            ],
+            self.dir / f"service-{role}.log",
+        )
+        self.services[role] = proc
+        proc.start()
+        return proc
+
+    def start(self, failpoints: dict[str, dict[str, int]] | None = None) -> None:
+        """Start every service and sidecar and wait until all are healthy."""
+        failpoints = failpoints or {}
+        for r in ROLES:
+            self.launch_service(r)
+        for r in ROLES:
+            self.launch_sidecar(r, failpoints.get(r))
+        waiting = {
+            **{self.service_url(r): self.services[r] for r in ROLES},
+            **{self.sidecar_url(r): self.sidecars[r] for r in ROLES},
+        }
+        deadline = time.monotonic() + STARTUP_S
+        while waiting:
+            for url, proc in list(waiting.items()):
+                if not proc.alive():
+                    raise RuntimeError(f"{proc.name} exited with {proc.returncode}\n{proc.tail()}")
+                if _healthy(url):
+                    del waiting[url]
+            if waiting and time.monotonic() > deadline:
+                raise TimeoutError(f"not healthy after {STARTUP_S}s: {sorted(waiting)}")
+            if waiting:
+                time.sleep(0.05)
+
+    async def _wait_healthy(self, url: str, proc: Process) -> None:
+        deadline = time.monotonic() + STARTUP_S
+        while True:
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} exited with {proc.returncode}\n{proc.tail()}")
+            if await asyncio.to_thread(_healthy, url):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{proc.name} not healthy after {STARTUP_S}s\n{proc.tail()}")
+            await asyncio.sleep(0.05)
+
+    async def restart_sidecar(self, role: str, failpoints: dict[str, int] | None = None) -> None:
+        """Start the sidecar of `role` again (after it died) and wait until it is healthy."""
+        old = self.sidecars.get(role)
+        if old is not None:
+            old.stop()
+        await self._wait_healthy(self.sidecar_url(role), self.launch_sidecar(role, failpoints))
+
+    async def restart_service(self, role: str) -> None:
+        old = self.services.get(role)
+        if old is not None:
+            old.stop()
+        await self._wait_healthy(self.service_url(role), self.launch_service(role))
+
+    def stop(self, grace_s: float = 1.5) -> None:
+        """SIGTERM every process at once, SIGKILL what is left after `grace_s`; never raises."""
+        procs = [p.proc for p in [*self.sidecars.values(), *self.services.values()] if p.proc]
+        for proc in procs:
+            with contextlib.suppress(OSError):
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(max(0.0, deadline - time.monotonic()))
+        for proc in procs:
+            if proc.poll() is None:
+                with contextlib.suppress(OSError):
+                    proc.kill()
+                proc.wait()
+
+    def logs(self) -> str:
+        return "\n".join(p.tail() for p in [*self.sidecars.values(), *self.services.values()])
+
+    # -- the client side ---------------------------------------------------------------------
+    async def run(
+        self,
+        http: aiohttp.ClientSession,
+        chor: str,
+        session_id: str,
+        args: list[Any],
+        *,
+        at: str = "a",
+        deadline_s: float = 120.0,
+    ) -> dict[str, Any]:
+        """POST the session start until a terminal answer comes back, as a retrying client.
+
+        Connection errors are retried with the same session id (the sidecar may be down and
+        restarting); any answer other than 200 + a terminal state fails the test.
+        """
+        url = f"{self.sidecar_url(at)}/sessions/{chor}"
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            try:
+                async with http.post(url, json={"session_id": session_id, "args": args}) as resp:
+                    body = await resp.json()
+                    if resp.status != 200 or body.get("state") not in TERMINAL:
+                        raise AssertionError(f"start of {session_id}: {resp.status} {body}")
+                    return body
+            except (aiohttp.ClientError, TimeoutError):
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"session {session_id} got no terminal answer in {deadline_s}s")
+
+    async def status(
+        self, http: aiohttp.ClientSession, role: str, session_id: str
+    ) -> dict[str, Any] | None:
+        """GET /sessions/{id} at the sidecar of `role`; None if it does not know the session."""
+        async with http.get(f"{self.sidecar_url(role)}/sessions/{session_id}") as resp:
+            if resp.status == 404:
+                return None
+            assert resp.status == 200, await resp.text()
+            return await resp.json()
+
+    async def wait_terminal(
+        self,
+        http: aiohttp.ClientSession,
+        session_ids: list[str],
+        *,
+        roles: tuple[str, ...] = ROLES,
+        deadline_s: float = 90.0,
+    ) -> dict[str, dict[str, dict[str, Any]]]:
+        """Poll until every session is terminal at every one of `roles`: {sid: {role: status}}."""
+        end = time.monotonic() + deadline_s
+        done: dict[str, dict[str, dict[str, Any]]] = {sid: {} for sid in session_ids}
+        while True:
+            for sid in session_ids:
+                for role in roles:
+                    if role in done[sid]:
+                        continue
+                    with contextlib.suppress(aiohttp.ClientError):
+                        st = await self.status(http, role, sid)
+                        if st is not None and st["state"] in TERMINAL:
+                            done[sid][role] = st
+            missing = {s: [r for r in roles if r not in d] for s, d in done.items()}
+            missing = {s: rs for s, rs in missing.items() if rs}
+            if not missing:
+                return done
+            if time.monotonic() > end:
+                raise AssertionError(
+                    f"sessions not terminal after {deadline_s}s: {missing}\n{self.logs()}"
+                )
+            await asyncio.sleep(0.1)
+
+    async def effects(self, http: aiohttp.ClientSession, role: str) -> dict[str, Any]:
+        """The effects (and tombstones) recorded by the service of `role`."""
+        async with http.get(f"{self.service_url(role)}/effects") as resp:
+            assert resp.status == 200
+            return await resp.json()
+
+    async def metrics(self, http: aiohttp.ClientSession, role: str) -> dict[str, float]:
+        """GET /metrics of the sidecar of `role`, parsed: {sample name: value}."""
+        async with http.get(f"{self.sidecar_url(role)}/metrics") as resp:
+            assert resp.status == 200
+            text = await resp.text()
+        samples = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                samples[name] = float(value)
+        return samples
