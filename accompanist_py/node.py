@@ -110,6 +110,7 @@ class Node:
         )
         self._pruner: asyncio.Task[None] | None = None
         self._closed = False
+        self._local: set[asyncio.Task[None]] = set()  # deliveries between roles hosted here
         self.metrics.gauges += [
             Gauge(
                 "accompanist_sessions_active", "Sessions running here.", lambda: len(self.sessions)
@@ -127,7 +128,12 @@ class Node:
         await self.store.open()
         await self.transport.start(self.roles, self.deliver, self.outbox.wake)
         for msg in self.store.pending_outbox():
-            self.outbox.push(msg)
+            if msg.receiver in self.roles:
+                task = asyncio.create_task(self._deliver_here(msg))
+                self._local.add(task)
+                task.add_done_callback(self._local.discard)
+            else:
+                self.outbox.push(msg)
         for rec in self.store.unfinished():
             if rec.role not in self.roles or rec.choreography not in self.registry:
                 log.error(
@@ -260,7 +266,20 @@ class Node:
                 )
             return  # already queued by recovery, or already acknowledged
         failpoints.hit("before_send")
+        if msg.receiver in self.roles:
+            # Both roles live here: hand it over directly, as a peer would receive it.
+            task = asyncio.create_task(self._deliver_here(msg))
+            self._local.add(task)
+            task.add_done_callback(self._local.discard)
+            return
         self.outbox.push(msg, linger_s)
+
+    async def _deliver_here(self, msg: Message) -> None:
+        refused = await self.deliver([msg])
+        if refused:
+            self._rejected([msg], refused[0][1])
+        else:
+            self._acked([msg])
 
     def _acked(self, batch: list[Message]) -> None:
         failpoints.hit("after_send")

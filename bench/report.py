@@ -150,6 +150,8 @@ def _links_table(run_dir: Path) -> pd.DataFrame:
     for cell in cell_dirs(run_dir):
         if cell.links_csv.exists():
             df = pd.read_csv(cell.links_csv)
+            if df.empty:  # a one-zone topology has no latency links
+                continue
             df["scenario"] = cell.scenario
             frames.append(df)
     if not frames:
