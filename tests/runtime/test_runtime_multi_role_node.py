@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from accompanist_py import Located, Op, choreography
 from accompanist_py.choreography import Registry
-from accompanist_py.node import Node, wait_idle
 from accompanist_py.message import Message
+from accompanist_py.node import Node, wait_idle
 from accompanist_py.transport.memory import MemoryNetwork
 
 
