@@ -263,21 +263,23 @@ class RoleSession:
                 f"replay of session {self.session_id!r} at role {self.role!r}: transaction "
                 f"#{index} was {prior.name!r} before the restart and is {txn.name!r} now"
             )
+
+        def record(state: str) -> TxnRecord:
+            return TxnRecord(
+                self.session_id,
+                self.role,
+                index,
+                txn.name,
+                txn.compensate,
+                encode_value(payload),
+                state,
+            )
+
         if prior is None:
             # Durable before the commit call: an abort must find every transaction that may
             # have taken effect, even one that arrives after a crash and before replay gets
             # back to this step.
-            await store.save_txn(
-                TxnRecord(
-                    self.session_id,
-                    self.role,
-                    index,
-                    txn.name,
-                    txn.compensate,
-                    encode_value(payload),
-                    TxnState.ATTEMPTED,
-                )
-            )
+            await store.save_txn(record(TxnState.ATTEMPTED))
         key = commit_key(self.session_id, txn.name)
 
         async def run() -> Any:
@@ -286,30 +288,10 @@ class RoleSession:
         try:
             value = await self.journaled(step, f"txn:{txn.name}", run)
         except BusinessAbort:
-            store.save_txn(
-                TxnRecord(
-                    self.session_id,
-                    self.role,
-                    index,
-                    txn.name,
-                    txn.compensate,
-                    encode_value(payload),
-                    TxnState.REFUSED,
-                )
-            )
+            store.save_txn(record(TxnState.REFUSED))
             raise
         if prior is None or prior.state == TxnState.ATTEMPTED:
-            store.save_txn(
-                TxnRecord(
-                    self.session_id,
-                    self.role,
-                    index,
-                    txn.name,
-                    txn.compensate,
-                    encode_value(payload),
-                    TxnState.COMMITTED,
-                )
-            )
+            store.save_txn(record(TxnState.COMMITTED))
         return value
 
     # -- the run -----------------------------------------------------------------------------
