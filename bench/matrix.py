@@ -52,7 +52,8 @@ SYSTEMS: dict[str, System] = {
             "temporal-tuned",
             "temporal",
             "orchestrator-local",
-            "Temporal dev server; eager workflow start, unsandboxed runner, local activities",
+            "Temporal dev server; eager workflow start, unsandboxed runner, local activities; "
+            "the worker lives in the gateway, so runtime crashes do not apply to it",
         ),
     )
 }
