@@ -70,11 +70,6 @@ class _Running:
     starts: int = 0
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (the OS picks it)."""
-    return free_ports(1, host)[0]
-
-
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
     """``n`` distinct free TCP ports (all sockets are held open until all are chosen)."""
     socks = []

@@ -12,6 +12,7 @@ report.md, and refreshes results/latest.
 from __future__ import annotations
 
 import asyncio
+import csv
 import json
 import sys
 import time
@@ -22,7 +23,7 @@ from typing import Any
 
 from baselines.temporal.worker import deployment as temporal_deployment
 from bench.analysis import analyse
-from bench.deploy import ProcessSpec, Supervisor, free_port, free_ports
+from bench.deploy import ProcessSpec, Supervisor, free_ports
 from bench.faults import FaultInjector, crash_schedule
 from bench.load import read_outcomes, run_locust, write_requests
 from bench.matrix import MATRICES, SYSTEMS, Cell
@@ -30,10 +31,10 @@ from bench.plots import plot_run
 from bench.proxy import LinkSpec, measure_links
 from bench.report import collect_environment, write_report
 from bench.results import RESULTS_DIR, CellDir, cell_dir, new_run_id, refresh_latest, write_json
-from bench.systems.accompanist import sidecar_config
+from bench.systems.accompanist import Sidecars
 from bench.topology import load_topology, network_floor, plan_links, write_links_file
 from workloads import Workload, discover
-from workloads.launch import service_command
+from workloads.launch import free_port, service_command
 
 PY = sys.executable
 SEED = 1
@@ -78,30 +79,20 @@ def _settled_state(service_urls: Mapping[str, str], timeout_s: float = 60.0) -> 
         time.sleep(1.0)
 
 
-def _start_accompanist(sup: Supervisor, cd: CellDir, wl: Workload, net: _Network) -> list[str]:
+def _start_accompanist(sup: Supervisor, wl: Workload, net: _Network) -> list[str]:
     """Sidecars, one per service in its zone; returns the gateway's backend arguments."""
     module, _, function = wl.choreography.partition(":")
-    for role in wl.services:
-        me = f"runtime:{role}"
-        peers = {p: net.url(me, f"runtime:{p}") for p in wl.services if p != role}
-        config = cd.path / f"sidecar-{role}.toml"
-        config.write_text(
-            sidecar_config(
-                role,
-                net.ports[me],
-                net.url(me, f"service:{role}"),
-                peers,
-                module,
-                store=str(cd.path / f"sidecar-{role}.db"),
-            )
-        )
-        sup.start(
-            ProcessSpec(
-                me,
-                [PY, "-m", "accompanist_py.sidecar", "--config", str(config)],
-                health_url=f"http://127.0.0.1:{net.ports[me]}/health",
-            )
-        )
+    roles = list(wl.services)
+    cars = Sidecars(
+        sup,
+        roles,
+        module,
+        service_urls={r: net.url(f"runtime:{r}", f"service:{r}") for r in roles},
+        ports={r: net.ports[f"runtime:{r}"] for r in roles},
+        peer_urls={r: {p: net.url(f"runtime:{r}", f"runtime:{p}") for p in roles} for r in roles},
+    )
+    for role in roles:
+        cars.start(role)
     return ["--sidecar", net.url("gateway", f"runtime:{wl.initiator}"), "--choreography", function]
 
 
@@ -176,7 +167,7 @@ def run_cell(run_dir: Path, cell: Cell, progress: Callable[[str], None] = print)
             )
             sup.start(ProcessSpec(f"service:{s}", argv, health_url=f"{direct[s]}/health"))
         if system.kind == "accompanist":
-            backend = _start_accompanist(sup, cd, wl, net)
+            backend = _start_accompanist(sup, wl, net)
         else:
             backend = _start_temporal(sup, cd, wl, net, cell.system.removeprefix("temporal-"))
         gateway = f"http://127.0.0.1:{ports['gateway']}"
@@ -285,8 +276,6 @@ def _crash_target(sup: Supervisor, system: str) -> Callable[[str], str | None]:
 
 
 def _write_rows(path: Path, rows: list[dict[str, object]]) -> None:
-    import csv
-
     columns = sorted({k for r in rows for k in r}) or ["link"]
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)

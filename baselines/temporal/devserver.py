@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,8 @@ from pathlib import Path
 from types import TracebackType
 
 from temporalio.client import Client
+
+from workloads.launch import free_port
 
 # Values that lower latency without weakening durability or changing semantics.
 LATENCY_DYNAMIC_CONFIG: dict[str, object] = {
@@ -66,13 +67,6 @@ def temporal_binary() -> Path | None:
         return beside
     found = shutil.which("temporal")
     return Path(found) if found else None
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that nothing listens on right now (the usual bind-to-0 trick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 class DevServer:

@@ -14,8 +14,9 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
-from bench.deploy import ProcessSpec, Supervisor, free_port
+from bench.deploy import ProcessSpec, Supervisor
 from workloads import Workload, discover
+from workloads.launch import free_port
 
 SIDECAR = [sys.executable, "-m", "accompanist_py.sidecar"]
 
@@ -71,6 +72,7 @@ class Sidecars:
         service_urls: Mapping[str, str] | None = None,
         mode: str = "fault-tolerant",
         transport: str = "stream",
+        ports: Mapping[str, int] | None = None,
         peer_urls: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         self.sup = supervisor
@@ -79,7 +81,7 @@ class Sidecars:
         self.modules = modules
         self.service_urls = dict(service_urls or {})
         self.mode, self.transport = mode, transport
-        self.ports = {r: free_port() for r in self.roles}
+        self.ports = {r: (ports or {}).get(r) or free_port() for r in self.roles}
         self.urls = {r: f"http://127.0.0.1:{p}" for r, p in self.ports.items()}
         # peer_urls[role][peer] overrides how `role` reaches `peer` (e.g. through a proxy).
         self.peer_urls = {r: dict((peer_urls or {}).get(r, {})) for r in self.roles}

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,18 +23,13 @@ from typing import Any
 
 import aiohttp
 
+from workloads.launch import free_port
+
 RUNTIME_TESTS = Path(__file__).resolve().parent
 REPO = RUNTIME_TESTS.parents[1]
 ROLES = ("a", "b", "c")
 TERMINAL = frozenset({"completed", "compensated", "failed"})
 STARTUP_S = 30.0
-
-
-def free_port() -> int:
-    """A loopback port that was free a moment ago (the OS picks it)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def child_env() -> dict[str, str]:
