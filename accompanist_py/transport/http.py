@@ -37,13 +37,9 @@ class HttpTransport:
         self._pool = pool_per_peer
         self._session: aiohttp.ClientSession | None = None
         self._roles: list[str] = []
-        self.deliver: Deliver | None = None
-        self.on_ready: OnReady | None = None
 
     async def start(self, roles: list[str], deliver: Deliver, on_ready: OnReady) -> None:
         self._roles = list(roles)
-        self.deliver = deliver
-        self.on_ready = on_ready
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=self._pool, ttl_dns_cache=None)
         self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
 
