@@ -77,7 +77,7 @@ class SQLiteStore(MemoryStore):
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        await self._loop.run_in_executor(None, self._load)
+        await self._loop.run_in_executor(None, self._load_file)
         self._thread = threading.Thread(target=self._writer, name="store-writer", daemon=True)
         self._thread.start()
 
@@ -90,44 +90,48 @@ class SQLiteStore(MemoryStore):
         self._thread = None
 
     # -- loading on start --------------------------------------------------------------------
-    def _load(self) -> None:
+    def _load_file(self) -> None:
         conn = self._connect()
         try:
-            conn.executescript(_SCHEMA)
-            for row in conn.execute("SELECT * FROM sessions"):
-                rec = SessionRecord(*row)
-                self.sessions[(rec.session_id, rec.role)] = rec
-            live = {k for k, r in self.sessions.items() if r.state not in SessionState.TERMINAL}
-            for s, recv, snd, seq, chor, kind, payload, headers in conn.execute(
-                "SELECT * FROM inbox"
-            ):
-                if (s, recv) in live:
-                    msg = Message(
-                        chor, s, snd, recv, seq, Kind(kind), payload, decode_value(headers)
-                    )
-                    self._inbox.setdefault((s, recv), {})[(snd, seq)] = msg
-            for s, snd, recv, seq, chor, kind, payload, headers, _ in conn.execute(
-                "SELECT * FROM outbox WHERE acked = 0"
-            ):
-                msg = Message(chor, s, snd, recv, seq, Kind(kind), payload, decode_value(headers))
-                self._outbox[msg.key] = msg
-            for s, role, step, what, value in conn.execute("SELECT * FROM journal"):
-                if (s, role) in live:
-                    self._journal.setdefault((s, role), {})[step] = (what, value)
-            for row in conn.execute("SELECT * FROM txns ORDER BY idx"):
-                if (row[0], row[1]) in live:
-                    self._txns.setdefault((row[0], row[1]), []).append(TxnRecord(*row))
-            # Acked outbox rows of live sessions are needed to detect replay divergence.
-            for s, snd, recv, seq, chor, kind, payload, headers, _ in conn.execute(
-                "SELECT * FROM outbox WHERE acked = 1"
-            ):
-                if (s, snd) in live:
-                    msg = Message(
-                        chor, s, snd, recv, seq, Kind(kind), payload, decode_value(headers)
-                    )
-                    self._acked_history.setdefault((s, snd), {})[(recv, seq)] = msg
+            self._load(conn)
         finally:
             conn.close()
+
+    def _load(self, conn: sqlite3.Connection) -> None:
+        """Create the schema if needed and read what the store holds into memory."""
+        conn.executescript(_SCHEMA)
+        for row in conn.execute("SELECT * FROM sessions"):
+            rec = SessionRecord(*row)
+            self.sessions[(rec.session_id, rec.role)] = rec
+        live = {k for k, r in self.sessions.items() if r.state not in SessionState.TERMINAL}
+        for s, recv, snd, seq, chor, kind, payload, headers in conn.execute(
+            "SELECT * FROM inbox"
+        ):
+            if (s, recv) in live:
+                msg = Message(
+                    chor, s, snd, recv, seq, Kind(kind), payload, decode_value(headers)
+                )
+                self._inbox.setdefault((s, recv), {})[(snd, seq)] = msg
+        for s, snd, recv, seq, chor, kind, payload, headers, _ in conn.execute(
+            "SELECT * FROM outbox WHERE acked = 0"
+        ):
+            msg = Message(chor, s, snd, recv, seq, Kind(kind), payload, decode_value(headers))
+            self._outbox[msg.key] = msg
+        for s, role, step, what, value in conn.execute("SELECT * FROM journal"):
+            if (s, role) in live:
+                self._journal.setdefault((s, role), {})[step] = (what, value)
+        for row in conn.execute("SELECT * FROM txns ORDER BY idx"):
+            if (row[0], row[1]) in live:
+                self._txns.setdefault((row[0], row[1]), []).append(TxnRecord(*row))
+        # Acked outbox rows of live sessions are needed to detect replay divergence.
+        for s, snd, recv, seq, chor, kind, payload, headers, _ in conn.execute(
+            "SELECT * FROM outbox WHERE acked = 1"
+        ):
+            if (s, snd) in live:
+                msg = Message(
+                    chor, s, snd, recv, seq, Kind(kind), payload, decode_value(headers)
+                )
+                self._acked_history.setdefault((s, snd), {})[(recv, seq)] = msg
 
     # -- writing -----------------------------------------------------------------------------
     def _persist(self, sql: str, params: tuple) -> Awaitable[None]:
