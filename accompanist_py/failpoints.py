@@ -10,6 +10,9 @@ points cost one dict lookup.
     before_send          a message is recorded in the outbox, not yet handed to the transport
     after_send           a peer acknowledged a message, not yet marked acknowledged
     during_compensation  a compensation call returned; later ones have not run
+    after_vote           a participant's DONE state is durable; the DONE has not left
+    after_veto           a participant's ABORT state is durable; the ABORT has not left
+    after_decision       the initiator's decision is durable; no DECISION has left
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ POINTS = (
     "before_send",
     "after_send",
     "during_compensation",
+    "after_vote",
+    "after_veto",
+    "after_decision",
 )
 
 _armed: dict[str, int] = {}

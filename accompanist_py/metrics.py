@@ -88,7 +88,16 @@ class NodeMetrics:
         self.messages_rejected = Counter(
             f"{p}_messages_rejected_total", "Messages a peer refused for good."
         )
+        self.messages_refused = Counter(
+            f"{p}_messages_refused_total", "Messages refused here (malformed or not allowed)."
+        )
         self.service_calls = Counter(f"{p}_service_calls_total", "Calls to the local service.")
+        self.compensation_retries = Counter(
+            f"{p}_compensation_retries_total", "Compensation calls that failed and were retried."
+        )
+        self.sessions_broken = Counter(
+            f"{p}_sessions_broken_total", "Sessions ended by an internal error of the runtime."
+        )
         self.session_duration = Histogram(
             f"{p}_session_duration_seconds", "Duration of a session's part at a role."
         )

@@ -1,17 +1,22 @@
 """A node hosts one or more roles: it owns their sessions, the store, the outbox and transport.
 
 The sidecar process wraps one node in an HTTP server; `testing.run_local` wires several nodes
-over an in-memory network. The node is where messages enter (`deliver`: validate, dedup,
-persist, then acknowledge), where sessions start (idempotently, by id) and where, on start,
-every unfinished session is recovered by replay.
+over an in-memory network. The node is where messages enter (`deliver`: validate everything,
+then dedup, persist, and acknowledge once durable), where sessions start (idempotently, by id,
+acknowledged once their record is durable) and where, on start, every unfinished session is
+recovered by replay. It also answers for sessions that no longer run here: a participant asking
+a finished initiator hears its decision; one asking an initiator that never knew the session
+hears "presumed abort"; nothing is stored for either.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,12 +24,21 @@ from accompanist_py import failpoints
 from accompanist_py.backoff import Backoff
 from accompanist_py.choreography import Registry
 from accompanist_py.errors import ChoreographyError, ReplayDivergenceError
-from accompanist_py.message import Control, Kind, Message, decode_value, encode_value
+from accompanist_py.message import (
+    Control,
+    Kind,
+    Message,
+    check_shape,
+    control_body,
+    decode_value,
+    encode_value,
+)
 from accompanist_py.metrics import Gauge, NodeMetrics
 from accompanist_py.outbox import Outbox
 from accompanist_py.service import NoService, ServiceClient
 from accompanist_py.session import RoleSession
-from accompanist_py.store import MemoryStore, SessionRecord, SessionState
+from accompanist_py.session.outcome import PRESUMED_ABORT, Decision
+from accompanist_py.store import MemoryStore, SessionRecord, SessionState, Store
 from accompanist_py.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -39,14 +53,38 @@ class NodeConfig:
     """Timeouts and limits of a node."""
 
     receive_timeout_s: float = 60.0
+    # The initiator aborts a session not decided this long after it started; a participant
+    # waiting for the decision asks the initiator again this often.
+    decision_timeout_s: float = 300.0
+    query_interval_s: float = 2.0
+    client_wait_s: float = 330.0  # a client's start with wait=true answers 202 after this
     backoff: Backoff = field(default_factory=Backoff)
     max_batch: int = 64
     max_inflight: int = 16
+    max_payload_bytes: int = 1024 * 1024
     retention_s: float = 600.0  # finished sessions' messages and journal go after this
     record_retention_s: float = 3600.0  # their records (state, result) after this
     prune_interval_s: float = 30.0
     # Final decisions are off the critical path: let them wait this long to share a request.
     decision_linger_s: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.retention_s > self.record_retention_s:
+            raise ValueError(
+                f"retention_s ({self.retention_s:g}) must not exceed record_retention_s "
+                f"({self.record_retention_s:g}): a session's record is its tombstone and must "
+                "outlive its messages"
+            )
+        if 2 * self.decision_timeout_s > self.record_retention_s:
+            raise ValueError(
+                f"record_retention_s ({self.record_retention_s:g}) must be at least twice "
+                f"decision_timeout_s ({self.decision_timeout_s:g}): a participant refuses to "
+                "start a session older than half the record retention"
+            )
+        if min(self.receive_timeout_s, self.decision_timeout_s, self.query_interval_s) <= 0:
+            raise ValueError("timeouts must be positive")
+        if self.max_payload_bytes <= 0:
+            raise ValueError("max_payload_bytes must be positive")
 
 
 @dataclass
@@ -59,6 +97,7 @@ class SessionStatus:
     state: str
     result: Any
     restarts: int
+    stuck: dict[str, Any] | None = None  # a compensation that keeps failing
 
     @property
     def finished(self) -> bool:
@@ -72,6 +111,7 @@ class SessionStatus:
             "state": self.state,
             "result": self.result,
             "restarts": self.restarts,
+            "stuck": self.stuck,
         }
 
 
@@ -85,9 +125,10 @@ class Node:
         registry: Registry,
         transport: Transport,
         *,
-        store: MemoryStore | None = None,
+        store: Store | None = None,
         service: ServiceClient | None = None,
         config: NodeConfig | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not roles:
             raise ChoreographyError(f"node {name!r} hosts no role")
@@ -95,7 +136,9 @@ class Node:
         self.roles = list(roles)
         self.registry = registry
         self.transport = transport
-        self.store = store if store is not None else MemoryStore()
+        self.store: Store = store if store is not None else MemoryStore()
+        self.store.clock = clock
+        self.clock = clock  # wall time: session deadlines and ages outlive restarts
         self.service = service or NoService()
         self.config = config or NodeConfig()
         self.metrics = NodeMetrics()
@@ -108,9 +151,10 @@ class Node:
             max_batch=self.config.max_batch,
             max_inflight=self.config.max_inflight,
         )
+        self.closing = False
         self._pruner: asyncio.Task[None] | None = None
-        self._closed = False
         self._local: set[asyncio.Task[None]] = set()  # deliveries between roles hosted here
+        self._unstored: set[tuple[str, str, str, int]] = set()  # answers and queries in flight
         self.metrics.gauges += [
             Gauge(
                 "accompanist_sessions_active", "Sessions running here.", lambda: len(self.sessions)
@@ -120,24 +164,49 @@ class Node:
                 "Messages not yet acknowledged.",
                 self.store.outbox_size,
             ),
+            Gauge(
+                "accompanist_sessions_quarantined",
+                "Sessions set aside because the store could not rebuild them.",
+                lambda: len(self.store.quarantined),
+            ),
+            Gauge(
+                "accompanist_compensations_stuck",
+                "Sessions whose current compensation keeps failing.",
+                lambda: sum(1 for s in self.sessions.values() if s.stuck is not None),
+            ),
+            Gauge(
+                "accompanist_sessions_awaiting_decision",
+                "Participants that voted and wait for the initiator's decision.",
+                lambda: sum(1 for s in self.sessions.values() if s.outcome.waiting_for_decision),
+            ),
         ]
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
-        """Open the store, start receiving, recover unfinished sessions, tell peers we're up."""
+        """Open the store, recover unfinished sessions, start receiving, tell peers we're up.
+
+        Sessions are rebuilt before the transport delivers anything, so a message for one of
+        them finds it instead of starting it a second time.
+        """
         await self.store.open()
+        self._recover()
         await self.transport.start(self.roles, self.deliver, self.outbox.wake)
         for msg in self.store.pending_outbox():
-            if msg.receiver in self.roles:
-                task = asyncio.create_task(self._deliver_here(msg))
-                self._local.add(task)
-                task.add_done_callback(self._local.discard)
-            else:
-                self.outbox.push(msg)
+            self.release(msg)
+        await self.transport.announce_ready()
+        self._pruner = asyncio.create_task(self._prune_forever())
+
+    def _recover(self) -> None:
+        for key, reason in list(self.store.quarantined.items()):
+            self._quarantine(key, reason)
         for rec in self.store.unfinished():
+            key = (rec.session_id, rec.role)
+            if key in self.store.quarantined:
+                continue
             if rec.role not in self.roles or rec.choreography not in self.registry:
+                # A configuration matter, not the session's: set aside until it is loaded.
                 log.error(
-                    "cannot recover session %s at %s: choreography %r not loaded",
+                    "cannot recover session %s at %s: choreography %r not loaded here",
                     rec.session_id,
                     rec.role,
                     rec.choreography,
@@ -146,9 +215,21 @@ class Node:
             rec.restarts += 1
             self.store.save_session(rec)
             self.metrics.sessions_recovered.inc()
-            self._spawn(rec)
-        await self.transport.announce_ready()
-        self._pruner = asyncio.create_task(self._prune_forever())
+            try:
+                self._spawn(rec)
+            except Exception as exc:
+                self.sessions.pop(key, None)
+                self._quarantine(key, f"cannot rebuild the session: {exc!r}"[:500])
+
+    def _quarantine(self, key: tuple[str, str], reason: str) -> None:
+        """Set a session aside as failed, with its reason; /health and /metrics show it."""
+        log.error("session %s at %s quarantined: %s", key[0], key[1], reason)
+        self.store.quarantined[key] = reason
+        rec = self.store.session(*key)
+        if rec is not None and not rec.finished:
+            rec.state = SessionState.FAILED
+            rec.result = encode_value({"outcome": "failed", "reason": f"quarantined: {reason}"})
+            self.store.save_session(rec)
 
     async def close(self) -> None:
         """Stop sessions (their durable state stays for recovery) and release resources.
@@ -156,9 +237,9 @@ class Node:
         Clients waiting for a session's end get `NodeStopping`: the session resumes when the
         node restarts, and a repeated start with the same id returns its outcome.
         """
-        if self._closed:
+        if self.closing:
             return
-        self._closed = True
+        self.closing = True
         if self._pruner is not None:
             self._pruner.cancel()
         sessions = list(self.sessions.values())
@@ -190,7 +271,11 @@ class Node:
         session_id: str | None = None,
         wait: bool = True,
     ) -> SessionStatus:
-        """Start a session (or join the one with this id) at the choreography's initiator."""
+        """Start a session (or join the one with this id) at the choreography's initiator.
+
+        Returns once the session's record is durable (so an acknowledged start survives a
+        crash) and, with `wait`, once it has ended or `client_wait_s` has passed.
+        """
         chor = self.registry.get(choreography)
         if chor.initiator not in self.roles:
             raise ChoreographyError(
@@ -199,21 +284,30 @@ class Node:
             )
         inputs = chor.bind(args or [], kwargs or {})
         sid = session_id or uuid.uuid4().hex
+        if not sid or len(sid) > 128:
+            raise ChoreographyError("a session id is a non-empty string of at most 128 characters")
         rec = self.store.session(sid, chor.initiator)
         if rec is not None and rec.choreography != chor.name:
             raise ChoreographyError(
                 f"session {sid!r} already exists for choreography {rec.choreography!r}"
             )
         if rec is None:
-            rec = SessionRecord(sid, chor.initiator, chor.name, args=encode_value(inputs))
+            rec = SessionRecord(
+                sid, chor.initiator, chor.name, args=encode_value(inputs), created=self.clock()
+            )
             # The session runs once its record is durable: a crash cannot then lose a session
             # whose messages peers have already acted on.
             written = self.store.save_session(rec)
             self.metrics.sessions_started.inc()
             self._spawn(rec, ready=written)
+            await written
+        else:
+            await self.store.flush()  # the record may still be on its way to disk
         running = self.sessions.get((sid, chor.initiator))
         if wait and running is not None:
-            await asyncio.shield(running.finished)
+            # After client_wait_s the client hears the current state, and may ask again.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(running.finished), self.config.client_wait_s)
         return self.status(sid, chor.initiator)
 
     def status(self, session_id: str, role: str | None = None) -> SessionStatus:
@@ -222,8 +316,15 @@ class Node:
             rec = self.store.session(session_id, r)
             if rec is not None:
                 result = decode_value(rec.result) if rec.result is not None else None
+                running = self.sessions.get((session_id, r))
                 return SessionStatus(
-                    rec.session_id, rec.choreography, rec.role, rec.state, result, rec.restarts
+                    rec.session_id,
+                    rec.choreography,
+                    rec.role,
+                    rec.state,
+                    result,
+                    rec.restarts,
+                    running.stuck if running is not None else None,
                 )
         raise KeyError(session_id)
 
@@ -246,7 +347,7 @@ class Node:
             self.metrics.session_duration.observe(seconds)
 
     # -- messages out ------------------------------------------------------------------------
-    async def post(self, msg: Message, *, check_replay: bool = True, linger_s: float = 0.0) -> None:
+    async def post(self, msg: Message, *, check_replay: bool = True) -> None:
         """Send `msg` through the outbox, unless replay finds it was sent before.
 
         The message leaves while its outbox row is still being written: everything it can
@@ -266,13 +367,31 @@ class Node:
                 )
             return  # already queued by recovery, or already acknowledged
         failpoints.hit("before_send")
+        self.release(msg)
+
+    def stage(self, msg: Message) -> Awaitable[None] | None:
+        """Put a control message in the outbox without sending it; its write, or None if the
+        outbox already holds it. `release` sends it once the caller's state is durable."""
+        existing, written = self.store.put_outbox(msg)
+        return None if existing is not None else written
+
+    def release(self, msg: Message, *, stored: bool = True) -> None:
+        """Hand a message to the outbox (or to a role hosted here).
+
+        `stored=False` is for answers and queries that are never persisted: a lost one is
+        asked for again. At most one copy of each is in flight.
+        """
+        if not stored:
+            if msg.key in self._unstored:
+                return
+            self._unstored.add(msg.key)
         if msg.receiver in self.roles:
             # Both roles live here: hand it over directly, as a peer would receive it.
             task = asyncio.create_task(self._deliver_here(msg))
             self._local.add(task)
             task.add_done_callback(self._local.discard)
             return
-        self.outbox.push(msg, linger_s)
+        self.outbox.push(msg, self.config.decision_linger_s if _is_commit(msg) else 0.0)
 
     async def _deliver_here(self, msg: Message) -> None:
         refused = await self.deliver([msg])
@@ -284,65 +403,125 @@ class Node:
     def _acked(self, batch: list[Message]) -> None:
         failpoints.hit("after_send")
         for msg in batch:
+            self._unstored.discard(msg.key)
             self.store.ack_outbox(msg)
         self.metrics.messages_sent.inc(len(batch))
 
     def _rejected(self, batch: list[Message], reason: str) -> None:
         # Stop resending, but loudly, and fail the sessions concerned (they compensate).
         for msg in batch:
+            self._unstored.discard(msg.key)
             self.store.ack_outbox(msg)
             session = self.sessions.get((msg.session, msg.sender))
             if session is not None:
                 session.fail(f"{msg.receiver} refused message #{msg.seq}: {reason}")
         self.metrics.messages_rejected.inc(len(batch))
 
+    def _answer(self, msg: Message, rec: SessionRecord | None) -> None:
+        """Tell the sender of `msg` the decision of a session that no longer runs here."""
+        if rec is None:
+            decision = PRESUMED_ABORT
+        else:
+            result = decode_value(rec.result) if rec.result is not None else None
+            reason = result.get("reason") if isinstance(result, dict) else None
+            decision = Decision.of_finished(rec.state, reason)
+        created = rec.created if rec is not None else msg.headers.get("t", self.clock())
+        reply = Message(
+            msg.choreography,
+            msg.session,
+            msg.receiver,
+            msg.sender,
+            Control.DECISION,
+            Kind.CONTROL,
+            encode_value(decision.body()),
+            {"t": created},
+        )
+        self.release(reply, stored=False)
+
     # -- messages in -------------------------------------------------------------------------
     def validate(self, msg: Message) -> None:
-        """Raise ValueError with a precise reason if this node must refuse `msg`."""
+        """Raise ValueError with a precise reason if this node must refuse `msg`.
+
+        Everything is checked before anything of the message is stored, so that whatever is
+        stored can be reloaded and replayed.
+        """
+        check_shape(msg, self.config.max_payload_bytes)
         if msg.receiver not in self.roles:
             raise ValueError(
-                f"node {self.name!r} does not host role {msg.receiver!r} "
+                f"receiver: node {self.name!r} does not host role {msg.receiver!r} "
                 f"(it hosts {', '.join(self.roles)})"
             )
         if msg.choreography not in self.registry:
-            raise ValueError(f"unknown choreography {msg.choreography!r}")
-        roles = self.registry.get(msg.choreography).roles
-        if msg.sender not in roles or msg.receiver not in roles:
+            raise ValueError(f"choreography: unknown choreography {msg.choreography!r}")
+        chor = self.registry.get(msg.choreography)
+        if msg.sender not in chor.roles or msg.receiver not in chor.roles:
             raise ValueError(
-                f"choreography {msg.choreography!r} has no role {msg.sender!r} or {msg.receiver!r}"
+                f"sender/receiver: choreography {msg.choreography!r} has no role "
+                f"{msg.sender!r} or {msg.receiver!r}"
             )
         if msg.sender == msg.receiver:
-            raise ValueError("a role cannot send to itself")
-        if msg.seq < 0 and msg.seq not in Control.NAMES:
-            raise ValueError(f"invalid sequence number {msg.seq}")
-        if (msg.kind is Kind.CONTROL) != (msg.seq < 0):
-            raise ValueError("control messages use control seqs, data and choices seq >= 0")
+            raise ValueError("sender: a role cannot send to itself")
+        if msg.kind is not Kind.CONTROL:
+            return
+        name = Control.NAMES[msg.seq]
+        if msg.seq in Control.TO_INITIATOR and msg.receiver != chor.initiator:
+            raise ValueError(f"receiver: a {name} message goes to the initiator only")
+        if msg.seq in Control.FROM_INITIATOR and msg.sender != chor.initiator:
+            raise ValueError(f"sender: only the initiator {chor.initiator!r} sends {name}")
+        body = control_body(msg)
+        unknown = set(body.get("involved", ())) - set(chor.roles)
+        if unknown:
+            raise ValueError(
+                f"body: 'involved' names roles {sorted(unknown)} not in the choreography"
+            )
 
     async def deliver(self, batch: list[Message]) -> list[tuple[int, str]]:
         """Accept a batch; returns once every message in it is durable (the acknowledgement).
 
         Returns the messages refused for good, as (index in batch, reason): one bad message
-        does not hold up the others, which may belong to other sessions.
+        does not hold up the others, which may belong to other sessions. A refused message
+        leaves nothing behind.
         """
         refused: list[tuple[int, str]] = []
-        durable: list[Awaitable[None]] = []
+        accepted: list[tuple[int, list[Awaitable[None]]]] = []
         for index, msg in enumerate(batch):
+            durable: list[Awaitable[None]] = []
             try:
                 self.validate(msg)
                 self._accept(msg, durable)
             except ValueError as exc:
                 refused.append((index, str(exc)))
-        for written in durable:
-            await written
-        return refused
+                self.metrics.messages_refused.inc()
+                continue
+            accepted.append((index, durable))
+        for index, durable in accepted:
+            try:
+                for written in durable:
+                    await written
+            except RuntimeError as exc:  # the store refused this write (see SQLiteStore)
+                refused.append((index, f"could not store the message: {exc}"))
+        return sorted(refused)
 
     def _accept(self, msg: Message, durable: list[Awaitable[None]]) -> None:
-        rec = self.store.session(msg.session, msg.receiver)
+        key = (msg.session, msg.receiver)
+        session = self.sessions.get(key)
+        rec = self.store.session(*key)
+        at_initiator = msg.receiver == self.registry.get(msg.choreography).initiator
+        if msg.seq == Control.QUERY:  # never stored: answered from what is known now
+            if session is not None:
+                session.accept(msg)
+            else:
+                self._answer(msg, rec)
+            return
         if rec is not None and rec.finished:
-            # A late copy for a finished session. Acknowledge it only once what the session
-            # received is durable, like any duplicate.
+            # A late copy, or a question for a finished session: acknowledge it only once what
+            # the session received is durable, like any duplicate.
+            if at_initiator and msg.kind is Kind.CONTROL:
+                self._answer(msg, rec)
             self.metrics.messages_duplicate.inc()
             durable.append(self.store.flush())
+            return
+        if rec is None and not self._may_start(msg, at_initiator, durable):
             return
         new, written = self.store.put_inbox(msg)
         if not new:
@@ -353,42 +532,75 @@ class Node:
             return
         self.metrics.messages_received.inc()
         durable.append(written)
-        session = self.sessions.get((msg.session, msg.receiver))
         if session is not None:
             session.accept(msg)
-            return
-        initiator = self.registry.get(msg.choreography).initiator
-        if rec is None and (
-            msg.seq in (Control.DONE, Control.DECISION) or msg.receiver == initiator
-        ):
-            # Sessions start at their initiator only through a client's start; anything else
-            # for a session unknown there is a leftover of one forgotten long ago.
-            log.warning(
-                "message #%d from %s for unknown session %s at %s ignored",
-                msg.seq,
-                msg.sender,
-                msg.session,
-                msg.receiver,
+        elif rec is None:
+            self._spawn(self.store.session(*key))  # type: ignore[arg-type]
+        else:
+            log.warning("message for session %s at %s, which is set aside", *key)
+
+    def _may_start(self, msg: Message, at_initiator: bool, durable: list[Awaitable[None]]) -> bool:
+        """A message for a session this role has no record of: start it, or not.
+
+        Nothing is stored for a session that will never run: at the initiator a session
+        starts only through a client's start, so the sender hears "presumed abort"; a
+        DECISION abort leaves just a tombstone, so that a late message cannot start it.
+        """
+        if at_initiator:
+            self._answer(msg, None)
+            if msg.kind is Kind.CONTROL:
+                return False
+            raise ValueError(
+                f"session: {msg.session!r} is unknown at its initiator {msg.receiver!r}, "
+                "where sessions start only through a client's start"
             )
-            return
-        if rec is None:
-            rec = SessionRecord(msg.session, msg.receiver, msg.choreography)
-            # The session's first record goes in the same batch as its first message.
-            durable.append(self.store.save_session(rec))
-            self.metrics.sessions_started.inc()
-        self._spawn(rec)  # its constructor reads the inbox, this message included
+        started = msg.headers.get("t")
+        if msg.kind is Kind.CONTROL:  # a DECISION: validate lets no other control through
+            decision = Decision.from_body(control_body(msg))
+            if not decision.commit:
+                rec = SessionRecord(
+                    msg.session,
+                    msg.receiver,
+                    msg.choreography,
+                    state=decision.final_state,
+                    result=encode_value(
+                        {"outcome": decision.final_state, "reason": decision.reason}
+                    ),
+                    created=started if started is not None else self.clock(),
+                )
+                durable.append(self.store.save_session(rec))
+            return False
+        if started is None:
+            raise ValueError("headers: 't' (the session's start time) is required to start it")
+        age = self.clock() - started
+        if age > self.config.record_retention_s / 2:
+            raise ValueError(
+                f"session: {msg.session!r} is too old to start here (it began {age:.0f}s ago, "
+                "more than half the record retention): a late copy of a session whose record "
+                "may already be pruned"
+            )
+        rec = SessionRecord(msg.session, msg.receiver, msg.choreography, created=started)
+        # The record goes before the inbox row, in the same batch: no row without its session.
+        durable.append(self.store.save_session(rec))
+        self.metrics.sessions_started.inc()
+        return True
 
     def _check_duplicate(self, msg: Message) -> None:
         kept = self.store.inbox_message(msg.session, msg.receiver, msg.sender, msg.seq)
         if kept is not None and kept.kind is not Kind.CONTROL and kept.payload != msg.payload:
             raise ValueError(
-                f"replay divergence: {msg.sender!r} re-sent message #{msg.seq} of session "
-                f"{msg.session!r} with a different payload than the one {msg.receiver!r} "
-                "already received; the choreography is not deterministic"
+                f"payload: replay divergence: {msg.sender!r} re-sent message #{msg.seq} of "
+                f"session {msg.session!r} with a different payload than the one "
+                f"{msg.receiver!r} already received; the choreography is not deterministic"
             )
 
     def on_peer_ready(self, roles: list[str]) -> None:
         self.outbox.wake(roles)
+
+
+def _is_commit(msg: Message) -> bool:
+    """A commit decision is off every critical path: it may wait to share a request."""
+    return msg.seq == Control.DECISION and decode_value(msg.payload)["outcome"] == "commit"
 
 
 async def wait_idle(nodes: list[Node], timeout_s: float = 30.0) -> None:

@@ -148,6 +148,10 @@ async def health(request: web.Request) -> web.Response:
             "name": node.name,
             "roles": node.roles,
             "active_sessions": len(node.sessions),
+            "quarantined": [
+                {"session_id": sid, "role": role, "reason": reason}
+                for (sid, role), reason in sorted(node.store.quarantined.items())
+            ],
         }
     )
 

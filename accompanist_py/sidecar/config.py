@@ -82,7 +82,7 @@ def parse(raw: dict[str, Any], where: str = "config", base: Path | None = None) 
         isinstance(k, str) and isinstance(v, str) and v.startswith("http") for k, v in peers.items()
     ):
         raise ConfigError(f"{where}: [peers] must map role names to http:// URLs")
-    for table in ("peers", "store", "timeouts", "failpoints"):
+    for table in ("peers", "store", "timeouts", "limits", "failpoints"):
         if not isinstance(raw.get(table, {}), dict):
             raise ConfigError(f"{where}: [{table}] must be a table")
     store = raw.get("store", {})
@@ -96,12 +96,31 @@ def parse(raw: dict[str, Any], where: str = "config", base: Path | None = None) 
     if sync not in ("NORMAL", "FULL", "EXTRA"):
         raise ConfigError(f"{where}: [store] synchronous must be NORMAL or FULL, not {sync!r}")
     t = raw.get("timeouts", {})
+    limits = raw.get("limits", {})
+    known = {
+        "receive_s",
+        "decision_s",
+        "query_s",
+        "client_wait_s",
+        "service_call_s",
+        "service_deadline_s",
+        "retry_initial_s",
+        "retry_max_s",
+    }
+    if set(t) - known:
+        raise ConfigError(f"{where}: unknown [timeouts] keys {sorted(set(t) - known)}")
+    if set(limits) - {"max_payload_bytes"}:
+        raise ConfigError(f"{where}: unknown [limits] keys {sorted(set(limits))}")
     try:
         backoff = Backoff(
             initial_s=float(t.get("retry_initial_s", 0.05)), max_s=float(t.get("retry_max_s", 1.0))
         )
         node = NodeConfig(
             receive_timeout_s=float(t.get("receive_s", 60.0)),
+            decision_timeout_s=float(t.get("decision_s", 300.0)),
+            query_interval_s=float(t.get("query_s", 2.0)),
+            client_wait_s=float(t.get("client_wait_s", 330.0)),
+            max_payload_bytes=int(limits.get("max_payload_bytes", 1024 * 1024)),
             backoff=backoff,
             retention_s=float(raw.get("retention_s", 600.0)),
             record_retention_s=float(raw.get("record_retention_s", 3600.0)),
@@ -120,7 +139,7 @@ def parse(raw: dict[str, Any], where: str = "config", base: Path | None = None) 
         if min(numbers) <= 0:
             raise ValueError("timeouts and retentions must be positive")
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: [timeouts] values must be numbers ({exc})") from None
+        raise ConfigError(f"{where}: [timeouts] and retentions: {exc}") from None
     fail = raw.get("failpoints", {})
     if not isinstance(fail, dict) or not all(
         isinstance(k, str) and isinstance(v, int) and v > 0 for k, v in fail.items()

@@ -1,11 +1,61 @@
 """Where a node keeps what must survive: sessions, inbox, outbox, step journal, transactions.
 
-Two implementations behind one interface. `MemoryStore` is the non-durable default mode.
-`SQLiteStore` is the fault-tolerant mode: the same in-memory state, written ahead to one
-SQLite file (WAL) by a group-committing writer thread, and reloaded on start.
+Two implementations behind one interface, `Store`. `MemoryStore` is the non-durable default
+mode. `SQLiteStore` is the fault-tolerant mode: the same in-memory state, written ahead to one
+SQLite file (WAL) by a group-committing writer thread, and reloaded on start. Every mutator
+returns an awaitable that resolves once its write is durable, and writes become durable in the
+order they were issued: awaiting one write also awaits every earlier one.
 """
 
-from accompanist_py.store.memory import MemoryStore, SessionRecord, SessionState, TxnRecord
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from accompanist_py.message import Message
+from accompanist_py.store.memory import DONE, MemoryStore, SessionRecord, SessionState, TxnRecord
 from accompanist_py.store.sqlite import SQLiteStore
 
-__all__ = ["MemoryStore", "SQLiteStore", "SessionRecord", "SessionState", "TxnRecord"]
+
+class Store(Protocol):
+    """What a node and its sessions need from a store (see `MemoryStore` for each promise)."""
+
+    durable: bool
+    clock: Callable[[], float]
+    sessions: dict[tuple[str, str], SessionRecord]
+    quarantined: dict[tuple[str, str], str]
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def flush(self) -> None: ...
+    def session(self, session_id: str, role: str) -> SessionRecord | None: ...
+    def save_session(self, rec: SessionRecord) -> Awaitable[None]: ...
+    def unfinished(self) -> list[SessionRecord]: ...
+    def forget_working_state(self, session_id: str, role: str) -> None: ...
+    def put_inbox(self, msg: Message) -> tuple[bool, Awaitable[None]]: ...
+    def inbox(self, session_id: str, role: str) -> list[Message]: ...
+    def inbox_message(
+        self, session_id: str, role: str, sender: str, seq: int
+    ) -> Message | None: ...
+    def put_outbox(self, msg: Message) -> tuple[Message | None, Awaitable[None]]: ...
+    def ack_outbox(self, msg: Message) -> Awaitable[None]: ...
+    def outbox_size(self) -> int: ...
+    def pending_outbox(self) -> list[Message]: ...
+    def journal(self, session_id: str, role: str, step: str) -> tuple[str, bytes] | None: ...
+    def put_journal(
+        self, session_id: str, role: str, step: str, what: str, value: bytes
+    ) -> Awaitable[None]: ...
+    def txns(self, session_id: str, role: str) -> list[TxnRecord]: ...
+    def save_txn(self, txn: TxnRecord) -> Awaitable[None]: ...
+    def prune(self, retention_s: float, record_retention_s: float) -> int: ...
+
+
+__all__ = [
+    "DONE",
+    "MemoryStore",
+    "SQLiteStore",
+    "SessionRecord",
+    "SessionState",
+    "Store",
+    "TxnRecord",
+]

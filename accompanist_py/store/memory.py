@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from accompanist_py.message import Message, encode_value
@@ -81,7 +82,12 @@ class MemoryStore:
     durable = False
 
     def __init__(self) -> None:
+        self.clock: Callable[[], float] = time.time  # the node sets its own
         self.sessions: dict[_Key, SessionRecord] = {}
+        # Sessions that could not be rebuilt from what the store holds: (session, role) -> why.
+        self.quarantined: dict[_Key, str] = {}
+        self._finished: deque[_Key] = deque()  # in the order they finished, for pruning
+        self._pending: Counter[_Key] = Counter()  # unacknowledged sends per (session, sender)
         self._inbox: dict[_Key, dict[tuple[str, int], Message]] = {}
         self._outbox: dict[tuple[str, str, str, int], Message] = {}
         self._journal: dict[_Key, dict[str, tuple[str, bytes]]] = {}
@@ -105,8 +111,11 @@ class MemoryStore:
         return self.sessions.get((session_id, role))
 
     def save_session(self, rec: SessionRecord) -> Awaitable[None]:
-        rec.updated = time.time()
-        self.sessions[(rec.session_id, rec.role)] = rec
+        rec.updated = self.clock()
+        key = (rec.session_id, rec.role)
+        if rec.finished and (key not in self.sessions or not self.sessions[key].finished):
+            self._finished.append(key)
+        self.sessions[key] = rec
         return self._persist(
             "INSERT INTO sessions VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(session_id, role) DO "
             "UPDATE SET state=excluded.state, result=excluded.result, "
@@ -172,6 +181,7 @@ class MemoryStore:
         if existing is not None:
             return existing, DONE
         self._outbox[msg.key] = msg
+        self._pending[(msg.session, msg.sender)] += 1
         return None, self._persist(
             "INSERT OR IGNORE INTO outbox VALUES (?,?,?,?,?,?,?,?,0)",
             (
@@ -197,7 +207,11 @@ class MemoryStore:
 
     def ack_outbox(self, msg: Message) -> Awaitable[None]:
         """The receiver has the message durably: stop re-sending it."""
-        self._outbox.pop(msg.key, None)
+        if self._outbox.pop(msg.key, None) is not None:
+            key = (msg.session, msg.sender)
+            self._pending[key] -= 1
+            if self._pending[key] <= 0:
+                del self._pending[key]
         return self._persist(
             "UPDATE outbox SET acked=1 WHERE session_id=? AND sender=? AND receiver=? AND seq=?",
             msg.key,
@@ -252,20 +266,33 @@ class MemoryStore:
         """Forget what finished sessions no longer need; returns how many records went.
 
         Their inbox, outbox, journal and transaction rows go after `retention_s`; their
-        records (state and result) stay for `record_retention_s`, so that a late duplicate
-        message or a repeated start still finds the session finished instead of reviving it.
+        records (state and result) after `record_retention_s`, and never while one of their
+        messages is unacknowledged: a record is the tombstone that makes a late duplicate, a
+        repeated start or a participant's question find the session finished rather than
+        revive it or presume it aborted.
         """
-        now = time.time()
+        now = self.clock()
         cutoff = now - record_retention_s
-        old = [k for k, r in self.sessions.items() if r.finished and r.updated < cutoff]
-        for key in old:
+        pruned = 0
+        for _ in range(len(self._finished)):
+            key = self._finished[0]
+            rec = self.sessions.get(key)
+            if rec is not None and rec.finished and rec.updated >= cutoff:
+                break  # the queue is in finishing order: the rest are younger
+            self._finished.popleft()
+            if rec is None or not rec.finished:
+                continue
+            if key in self._pending:
+                self._finished.append(key)  # ask again next time
+                continue
             del self.sessions[key]
             self.forget_working_state(*key)
+            pruned += 1
         self._prune_durable(now - retention_s, cutoff)
-        return len(old)
+        return pruned
 
     def _prune_durable(self, working_cutoff: float, record_cutoff: float) -> None:
-        """Delete durable rows of finished sessions (durable stores only)."""
+        """Delete durable rows of finished sessions (durable stores only), off the hot path."""
 
     async def flush(self) -> None:
         """Wait until every write issued so far is durable."""

@@ -6,6 +6,11 @@ concurrent sessions share one sync ("group commit") and the event loop never wai
 are applied in the order they were issued, so awaiting one write also guarantees every earlier
 write (a send awaits its outbox row, and with it the journal rows written before).
 
+A write that fails for its data (it cannot: messages are validated before they are stored, but
+a bug must not take the node down) fails only its own awaitable; a failing disk stops the
+process, since memory would then be ahead of disk. Pruning runs on the writer only while no
+other write waits, in small chunks, so it never lengthens a group commit on the hot path.
+
 `synchronous=NORMAL` (the default, and what the benchmark uses) makes a commit durable against a
 process crash (`kill -9`), which is the fault model of the benchmark; `FULL` also survives power
 loss at the cost of an fsync per batch.
@@ -14,14 +19,15 @@ loss at the cost of an fsync per batch.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Awaitable
+from collections import deque
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
+from typing import NoReturn
 
 from accompanist_py.message import Kind, Message, decode_value
 from accompanist_py.store.memory import MemoryStore, SessionRecord, SessionState, TxnRecord
@@ -32,7 +38,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
     session_id TEXT, role TEXT, choreography TEXT, state TEXT, args BLOB, result BLOB,
     restarts INTEGER, created REAL, updated REAL, PRIMARY KEY (session_id, role));
-CREATE INDEX IF NOT EXISTS sessions_state ON sessions (state);
+CREATE INDEX IF NOT EXISTS sessions_state ON sessions (state, updated);
 CREATE TABLE IF NOT EXISTS inbox (
     session_id TEXT, receiver TEXT, sender TEXT, seq INTEGER, choreography TEXT, kind TEXT,
     payload BLOB, headers BLOB, PRIMARY KEY (session_id, receiver, sender, seq));
@@ -49,6 +55,52 @@ CREATE TABLE IF NOT EXISTS txns (
 """
 
 _STOP = object()
+_PRUNE_CHUNK = 500  # rows per pruning statement: a few milliseconds of writer time
+_FINISHED = "('completed', 'compensated', 'failed')"
+# Errors of one statement's data, as opposed to the disk's: they fail that write only.
+_DATA_ERRORS = (
+    sqlite3.IntegrityError,
+    sqlite3.InterfaceError,
+    sqlite3.ProgrammingError,
+    sqlite3.DataError,
+    OverflowError,
+    TypeError,
+    ValueError,
+)
+
+
+def _prune_statements(working_cutoff: float, record_cutoff: float) -> list[tuple[str, tuple]]:
+    """Chunked deletes, each repeated until it deletes less than a chunk."""
+    out: list[tuple[str, tuple]] = []
+    for table, role in (("inbox", "receiver"), ("journal", "role"), ("txns", "role")):
+        out.append(
+            (
+                f"DELETE FROM {table} WHERE rowid IN (SELECT t.rowid FROM {table} t "
+                f"LEFT JOIN sessions s ON s.session_id = t.session_id AND s.role = t.{role} "
+                f"WHERE s.session_id IS NULL OR (s.state IN {_FINISHED} AND s.updated < ?) "
+                f"LIMIT {_PRUNE_CHUNK})",
+                (working_cutoff,),
+            )
+        )
+    out.append(
+        (
+            "DELETE FROM outbox WHERE rowid IN (SELECT o.rowid FROM outbox o "
+            "LEFT JOIN sessions s ON s.session_id = o.session_id AND s.role = o.sender "
+            f"WHERE o.acked = 1 AND (s.session_id IS NULL OR (s.state IN {_FINISHED} "
+            f"AND s.updated < ?)) LIMIT {_PRUNE_CHUNK})",
+            (working_cutoff,),
+        )
+    )
+    out.append(
+        (
+            "DELETE FROM sessions WHERE rowid IN (SELECT s.rowid FROM sessions s "
+            f"WHERE s.state IN {_FINISHED} AND s.updated < ? AND NOT EXISTS (SELECT 1 FROM "
+            "outbox o WHERE o.session_id = s.session_id AND o.sender = s.role AND o.acked = 0) "
+            f"LIMIT {_PRUNE_CHUNK})",
+            (record_cutoff,),
+        )
+    )
+    return out
 
 
 class SQLiteStore(MemoryStore):
@@ -63,6 +115,7 @@ class SQLiteStore(MemoryStore):
         self.path = Path(path)
         self.synchronous = synchronous.upper()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._prune_jobs: queue.SimpleQueue = queue.SimpleQueue()  # low priority
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.batches = 0  # commits made, for the group-commit figures in /metrics
@@ -98,40 +151,67 @@ class SQLiteStore(MemoryStore):
             conn.close()
 
     def _load(self, conn: sqlite3.Connection) -> None:
-        """Create the schema if needed and read what the store holds into memory."""
+        """Create the schema if needed and read what the store holds into memory.
+
+        A row that cannot be read back (written by an older version, or damaged) does not stop
+        the node: its session is quarantined with the reason, and the node reports it.
+        """
         conn.executescript(_SCHEMA)
         for row in conn.execute("SELECT * FROM sessions"):
-            rec = SessionRecord(*row)
+            try:
+                rec = SessionRecord(*row)
+                if not isinstance(rec.state, str) or not isinstance(rec.created, int | float):
+                    raise ValueError(f"malformed session row {row[:4]!r}")
+            except (TypeError, ValueError) as exc:
+                self.quarantined[(str(row[0]), str(row[1]))] = f"unreadable session row: {exc}"
+                continue
             self.sessions[(rec.session_id, rec.role)] = rec
+            if rec.finished:
+                self._finished.append((rec.session_id, rec.role))
+        self._finished = deque(sorted(self._finished, key=lambda k: self.sessions[k].updated))
         live = {k for k, r in self.sessions.items() if r.state not in SessionState.TERMINAL}
-        for s, recv, snd, seq, chor, kind, payload, headers in conn.execute(
-            "SELECT * FROM inbox"
-        ):
-            if (s, recv) in live:
-                msg = Message(
-                    chor, s, snd, recv, seq, Kind(kind), payload, decode_value(headers)
-                )
-                self._inbox.setdefault((s, recv), {})[(snd, seq)] = msg
-        for s, snd, recv, seq, chor, kind, payload, headers, _ in conn.execute(
-            "SELECT * FROM outbox WHERE acked = 0"
-        ):
-            msg = Message(chor, s, snd, recv, seq, Kind(kind), payload, decode_value(headers))
+
+        def message(s, snd, recv, seq, chor, kind, payload, headers) -> Message:
+            return Message(chor, s, snd, recv, seq, Kind(kind), payload, decode_value(headers))
+
+        def rows(sql: str, owner: int, role: int) -> Iterator[tuple]:
+            for row in conn.execute(sql):
+                if (row[owner], row[role]) in live:
+                    yield row
+
+        def quarantine(key: tuple[str, str], what: str, exc: Exception) -> None:
+            self.quarantined.setdefault(key, f"unreadable {what} row: {exc!r}"[:500])
+
+        for row in rows("SELECT * FROM inbox", 0, 1):
+            try:
+                s, recv, snd, *rest = row  # inbox rows are keyed by receiver first
+                msg = message(s, snd, recv, *rest)
+            except Exception as exc:
+                quarantine((row[0], row[1]), "inbox", exc)
+                continue
+            self._inbox.setdefault((msg.session, msg.receiver), {})[(msg.sender, msg.seq)] = msg
+        for row in conn.execute("SELECT * FROM outbox WHERE acked = 0"):
+            try:
+                msg = message(*row[:8])
+            except Exception as exc:
+                quarantine((row[0], row[1]), "outbox", exc)
+                continue
             self._outbox[msg.key] = msg
-        for s, role, step, what, value in conn.execute("SELECT * FROM journal"):
-            if (s, role) in live:
-                self._journal.setdefault((s, role), {})[step] = (what, value)
-        for row in conn.execute("SELECT * FROM txns ORDER BY idx"):
-            if (row[0], row[1]) in live:
-                self._txns.setdefault((row[0], row[1]), []).append(TxnRecord(*row))
+            self._pending[(msg.session, msg.sender)] += 1
+        for s, role, step, what, value in rows("SELECT * FROM journal", 0, 1):
+            self._journal.setdefault((s, role), {})[step] = (what, value)
+        for row in rows("SELECT * FROM txns ORDER BY idx", 0, 1):
+            self._txns.setdefault((row[0], row[1]), []).append(TxnRecord(*row))
         # Acked outbox rows of live sessions are needed to detect replay divergence.
-        for s, snd, recv, seq, chor, kind, payload, headers, _ in conn.execute(
-            "SELECT * FROM outbox WHERE acked = 1"
-        ):
-            if (s, snd) in live:
-                msg = Message(
-                    chor, s, snd, recv, seq, Kind(kind), payload, decode_value(headers)
-                )
-                self._acked_history.setdefault((s, snd), {})[(recv, seq)] = msg
+        for row in rows("SELECT * FROM outbox WHERE acked = 1", 0, 1):
+            try:
+                msg = message(*row[:8])
+            except Exception as exc:
+                quarantine((row[0], row[1]), "outbox", exc)
+                continue
+            self._acked_history.setdefault((msg.session, msg.sender), {})[
+                (msg.receiver, msg.seq)
+            ] = msg
 
     # -- writing -----------------------------------------------------------------------------
     def _persist(self, sql: str, params: tuple) -> Awaitable[None]:
@@ -144,8 +224,18 @@ class SQLiteStore(MemoryStore):
         conn = self._connect()
         loop = self._loop
         assert loop is not None
+        pruning: list[tuple[str, tuple]] = []
         while True:
-            first = self._queue.get()
+            if pruning or not self._prune_jobs.empty():
+                try:
+                    first = self._queue.get_nowait()
+                except queue.Empty:  # idle: one chunk of pruning, then look again
+                    if not pruning:
+                        pruning = list(self._prune_jobs.get_nowait())
+                    self._prune_chunk(conn, pruning)
+                    continue
+            else:
+                first = self._queue.get()
             if first is _STOP:
                 break
             batch = [first]
@@ -159,59 +249,75 @@ class SQLiteStore(MemoryStore):
                     stop = True
                     break
                 batch.append(item)
-            error: BaseException | None = None
-            try:
-                conn.execute("BEGIN")
-                for sql, params, _ in batch:
-                    if params is not None:
-                        conn.execute(sql, params)
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                # Memory is now ahead of disk: acknowledging anything more would be a lie.
-                # Die like a crash; the restart recovers from what the disk really holds.
-                log.critical("store write failed, stopping the process: %s", exc)
-                os._exit(70)
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
+            errors = self._commit(conn, batch)
             self.batches += 1
             self.writes += len(batch)
             futures = [f for _, _, f in batch]
             try:
-                loop.call_soon_threadsafe(_resolve, futures, error)
+                loop.call_soon_threadsafe(_resolve, futures, errors)
             except RuntimeError:  # the loop is closed: nobody is waiting any more
                 break
             if stop:
                 break
         conn.close()
 
+    def _commit(self, conn: sqlite3.Connection, batch: list) -> dict[int, BaseException]:
+        """Apply a batch in one transaction; returns the writes that failed, by position."""
+        try:
+            conn.execute("BEGIN")
+            for sql, params, _ in batch:
+                if params is not None:
+                    conn.execute(sql, params)
+            conn.execute("COMMIT")
+            return {}
+        except _DATA_ERRORS:
+            conn.execute("ROLLBACK")
+        except BaseException as exc:
+            _disk_failed(exc)
+        # One write's data is at fault: apply them one by one, failing only that one.
+        errors: dict[int, BaseException] = {}
+        for i, (sql, params, _) in enumerate(batch):
+            if params is None:
+                continue
+            try:
+                conn.execute(sql, params)
+            except _DATA_ERRORS as exc:
+                log.error("store write refused, the rest of its batch goes on: %s", exc)
+                errors[i] = exc
+            except BaseException as exc:
+                _disk_failed(exc)
+        return errors
+
+    def _prune_chunk(self, conn: sqlite3.Connection, pruning: list[tuple[str, tuple]]) -> None:
+        sql, params = pruning[0]
+        try:
+            deleted = conn.execute(sql, params).rowcount
+        except BaseException as exc:
+            _disk_failed(exc)
+        if deleted < _PRUNE_CHUNK:
+            pruning.pop(0)
+
     async def flush(self) -> None:
         await self._persist("SELECT 1", None)  # type: ignore[arg-type]
 
     def _prune_durable(self, working_cutoff: float, record_cutoff: float) -> None:
-        finished = (
-            "SELECT session_id, role FROM sessions WHERE updated < ? "
-            "AND state IN ('completed', 'compensated', 'failed')"
-        )
-        for table, role in (("inbox", "receiver"), ("journal", "role"), ("txns", "role")):
-            self._persist(
-                f"DELETE FROM {table} WHERE (session_id, {role}) IN ({finished})",
-                (working_cutoff,),
-            )
-        self._persist(
-            f"DELETE FROM outbox WHERE acked = 1 AND (session_id, sender) IN ({finished})",
-            (working_cutoff,),
-        )
-        self._persist(
-            "DELETE FROM sessions WHERE updated < ? "
-            "AND state IN ('completed', 'compensated', 'failed')",
-            (record_cutoff,),
-        )
+        if self._prune_jobs.empty():  # one pass at a time is enough
+            self._prune_jobs.put(_prune_statements(working_cutoff, record_cutoff))
 
 
-def _resolve(futures: list[asyncio.Future], error: BaseException | None) -> None:
-    for f in futures:
-        if not f.done():
-            if error is None:
-                f.set_result(None)
-            else:
-                f.set_exception(RuntimeError(f"durable write failed: {error}"))
+def _disk_failed(exc: BaseException) -> NoReturn:
+    # Memory is now ahead of disk: acknowledging anything more would be a lie. Die like a
+    # crash; the restart recovers from what the disk really holds.
+    log.critical("store write failed, stopping the process: %r", exc)
+    os._exit(70)
+
+
+def _resolve(futures: list[asyncio.Future], errors: dict[int, BaseException]) -> None:
+    for i, f in enumerate(futures):
+        if f.done():
+            continue
+        error = errors.get(i)
+        if error is None:
+            f.set_result(None)
+        else:
+            f.set_exception(RuntimeError(f"durable write failed: {error}"))

@@ -70,7 +70,10 @@ async def test_every_outcome_path_matches_the_seeded_expectation_and_stays_consi
                 outcomes[request["saga_id"]] = (result["outcome"], result["reason"])
             assert outcomes == expected
 
-            # Re-posting finished sagas returns their outcome and applies nothing again.
+            # Re-posting finished sagas returns their outcome and applies nothing again. (The
+            # client hears "compensated" once the initiator has decided and compensated;
+            # participants compensate on hearing the decision: let them settle first.)
+            await _wait_quiet(client, cars.urls)
             before = await _states(client, urls)
             for request in requests[:5]:
                 again = await _start(client, entry, cars.choreography, request)
