@@ -15,6 +15,8 @@ from typing import Any
 
 import aiohttp
 
+from accompanist_py.saga import commit_key, compensation_payload, undo_key
+
 COMMITTED = "committed"
 COMPENSATED = "compensated"
 REJECTED = "rejected"
@@ -42,19 +44,9 @@ class Step:
         return self.payload(request, *(results[name] for name in self.needs))
 
 
-def idempotency_key(saga_id: str, step: str) -> str:
-    """The key of a step's commit, the same on every system: `{saga_id}:{step}`."""
-    return f"{saga_id}:{step}"
-
-
-def undo_key(saga_id: str, step: str) -> str:
-    """The key of a step's compensation: `{saga_id}:{step}:undo`."""
-    return f"{idempotency_key(saga_id, step)}:undo"
-
-
-def undo_payload(saga_id: str, step: str) -> dict[str, Any]:
-    """The body of a step's compensation."""
-    return {"commit_key": idempotency_key(saga_id, step)}
+# One spelling of the keys for every system: the runtime's (accompanist_py.saga).
+idempotency_key = commit_key  # `{saga_id}:{step}`
+undo_payload = compensation_payload  # {"commit_key": `{saga_id}:{step}`}
 
 
 def split_key(key: str) -> tuple[str, str]:
