@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 
 POINTS = (
     "before_call",
@@ -34,6 +35,17 @@ POINTS = (
 
 _armed: dict[str, int] = {}
 _hits: dict[str, int] = {}
+_handler: Callable[[str], None] | None = None
+
+
+def set_handler(handler: Callable[[str], None] | None) -> None:
+    """Call `handler(point)` at every point reached, armed or not (None: stop).
+
+    For the deterministic simulation, which crashes a simulated node there instead of
+    killing the process; the handler raises to end the node's current task.
+    """
+    global _handler
+    _handler = handler
 
 
 def arm(points: dict[str, int]) -> None:
@@ -47,11 +59,13 @@ def arm(points: dict[str, int]) -> None:
 
 
 def armed(point: str) -> bool:
-    return point in _armed
+    return point in _armed or _handler is not None
 
 
 def hit(point: str) -> None:
     """Mark that execution reached `point`; dies here if it is armed for this hit."""
+    if _handler is not None:
+        _handler(point)
     if point not in _armed:
         return
     _hits[point] = _hits.get(point, 0) + 1

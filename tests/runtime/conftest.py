@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -21,9 +22,21 @@ def make_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
         *,
         receive_s: float = 60.0,
         transport: str | None = None,
+        timeouts: dict[str, float] | None = None,
+        role_timeouts: dict[str, dict[str, float]] | None = None,
+        modes: dict[str, str] | None = None,
+        settings: dict[str, Any] | None = None,
+        limits: dict[str, int] | None = None,
     ) -> Cluster:
         cluster = Cluster(
-            tmp_path / f"cluster{len(made)}", receive_s=receive_s, transport=transport
+            tmp_path / f"cluster{len(made)}",
+            receive_s=receive_s,
+            transport=transport,
+            timeouts=timeouts,
+            role_timeouts=role_timeouts,
+            modes=modes,
+            settings=settings,
+            limits=limits,
         )
         made.append(cluster)
         cluster.start(failpoints)

@@ -120,3 +120,56 @@ async def random_echo(op, label):
     echoed = await op.comm("b", "a", at_b)
     await op.call("a", "note", await op.locally("a", lambda v: {"echoed": v}, echoed, pure=True))
     return at_b
+
+
+# -- for tests/runtime/test_runtime_outcome_protocol.py -----------------------------------------
+
+
+@choreography(roles=["a", "b", "c"], initiator="a")
+async def hand_off(op, order):
+    """a reserves and hands the order to b, which charges: a then waits only for b's vote."""
+    await op.transact("a", Transaction("reserve", "reserve", "undo_reserve", {"n": 1}))
+    await op.comm("a", "b", order)
+    return await op.transact("b", Transaction("charge", "charge", "undo_charge", {"n": 2}))
+
+
+@choreography(roles=["a", "b", "c"], initiator="a")
+async def stalled_saga(op, order):
+    """As saga3 without refusals, but a's last step is `stall`, which its service answers with
+    503 until healed (tests/runtime/tiny_service.py): b and c vote while a is still busy."""
+    await op.transact("a", Transaction("reserve", "reserve", "undo_reserve", {"n": 1}))
+    at_b = await op.comm("a", "b", order)
+    await op.transact("b", Transaction("charge", "charge", "undo_charge", {"n": 2}))
+    await op.comm("b", "c", at_b)
+    shipped = await op.transact("c", Transaction("ship", "ship", "undo_ship", {"n": 3}))
+    back = await op.comm("c", "a", shipped)
+    return await op.call("a", "stall", back)
+
+
+def _sick_undo(commit: str) -> Choreography:
+    @choreography(roles=["a", "b", "c"], initiator="a", name=f"sick_undo_{commit}")
+    async def sick_undo(op, order):
+        """a commits `commit`, whose compensation misbehaves until healed; b then refuses."""
+        await op.transact("a", Transaction(commit, commit, f"undo_{commit}", {"n": 1}))
+        await op.comm("a", "b", order)
+        return await op.transact(
+            "b", Transaction("charge", "charge", "undo_charge", {"abort": True})
+        )
+
+    return sick_undo
+
+
+sick_undo_fragile = _sick_undo("fragile")  # its undo answers a malformed 200 until healed
+sick_undo_picky = _sick_undo("picky")  # its undo answers 400 until healed
+
+
+@choreography(roles=["a", "b", "c"], initiator="a")
+async def double_charge(op, order):
+    """An authoring mistake: b runs two transactions named "charge" in one session."""
+    await op.transact("a", Transaction("reserve", "reserve", "undo_reserve", {"n": 1}))
+    at_b = await op.comm("a", "b", order)
+    await op.transact("b", Transaction("charge", "charge", "undo_charge", {"n": 1}))
+    await op.comm("b", "c", at_b)
+    await op.transact("b", Transaction("charge", "charge", "undo_charge", {"n": 2}))
+    shipped = await op.transact("c", Transaction("ship", "ship", "undo_ship", {"n": 3}))
+    return await op.comm("c", "a", shipped)

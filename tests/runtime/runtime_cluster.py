@@ -105,6 +105,15 @@ class Process:
         return f"--- {self.name} ({self.log}) ---\n{text[-chars:]}"
 
 
+def _toml(value: Any) -> str:
+    """A scalar as TOML."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return str(value)
+
+
 def _healthy(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
@@ -117,12 +126,29 @@ class Cluster:
     """Sidecars for roles a, b, c, each with its own tiny service."""
 
     def __init__(
-        self, dirpath: Path, *, receive_s: float = 60.0, transport: str | None = None
+        self,
+        dirpath: Path,
+        *,
+        receive_s: float = 60.0,
+        transport: str | None = None,
+        timeouts: dict[str, float] | None = None,
+        role_timeouts: dict[str, dict[str, float]] | None = None,
+        modes: dict[str, str] | None = None,
+        settings: dict[str, Any] | None = None,
+        limits: dict[str, int] | None = None,
     ) -> None:
         self.dir = dirpath
         self.dir.mkdir(parents=True, exist_ok=True)
         self.receive_s = receive_s
         self.transport = transport  # None: the sidecar's default
+        # Optional extras, all read again by every (re)launch, so a test may change them
+        # between restarts: [timeouts] keys for every role and per role, the mode per role
+        # (default "fault-tolerant"), top-level keys (e.g. retention_s) and a [limits] table.
+        self.timeouts = dict(timeouts or {})
+        self.role_timeouts = {r: dict(t) for r, t in (role_timeouts or {}).items()}
+        self.modes = dict(modes or {})
+        self.settings = dict(settings or {})
+        self.limits = dict(limits or {})
         self.sidecar_ports = {r: free_port() for r in ROLES}
         self.service_ports = {r: free_port() for r in ROLES}
         self.sidecars: dict[str, Process] = {}
@@ -138,14 +164,23 @@ class Cluster:
     # -- processes ---------------------------------------------------------------------------
     def config_text(self, role: str, failpoints: dict[str, int] | None = None) -> str:
         peers = "\n".join(f'{r} = "{self.sidecar_url(r)}"' for r in ROLES if r != role)
+        timeouts: dict[str, Any] = {
+            "receive_s": self.receive_s,
+            "service_call_s": 5.0,
+            "retry_initial_s": 0.02,
+            "retry_max_s": 0.25,
+            **self.timeouts,
+            **self.role_timeouts.get(role, {}),
+        }
+        settings = "".join(f"{k} = {_toml(v)}\n" for k, v in self.settings.items())
         text = f"""
 name = "{role}"
 roles = ["{role}"]
 listen = "127.0.0.1:{self.sidecar_ports[role]}"
 service_url = "{self.service_url(role)}"
 choreographies = ["runtime_choreographies"]
-mode = "fault-tolerant"
-
+mode = "{self.modes.get(role, "fault-tolerant")}"
+{settings}
 [store]
 path = "sidecar-{role}.db"
 
@@ -153,13 +188,11 @@ path = "sidecar-{role}.db"
 {peers}
 
 [timeouts]
-receive_s = {self.receive_s}
-service_call_s = 5.0
-retry_initial_s = 0.02
-retry_max_s = 0.25
-"""
+""" + "".join(f"{k} = {_toml(v)}\n" for k, v in timeouts.items())
         if self.transport is not None:
             text = f'transport = "{self.transport}"\n' + text
+        if self.limits:
+            text += "\n[limits]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in self.limits.items())
         if failpoints:
             text += "\n[failpoints]\n" + "".join(f"{p} = {n}\n" for p, n in failpoints.items())
         return text

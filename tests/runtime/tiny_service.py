@@ -8,6 +8,10 @@ commit whose key is in the body's `commit_key`, or, if that commit never happene
 tombstone that makes the late commit answer 409 `{"error": "compensated"}` and apply nothing.
 The payload drives the answer: `{"abort": true}` is a 409 business abort, `{"bad": true}` a 400.
 `GET /effects` lists every applied effect, so tests can count them per key.
+
+Some operations misbehave until the marker file `<db>.healed` exists (see `SICK`), and then
+behave like any other: `undo_fragile` answers a malformed 200 (a JSON content type, a body
+that is not JSON), `undo_picky` a 400, and `stall` a 503, all without recording anything.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import asyncio
 import json
 import signal
 import sqlite3
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -31,6 +37,18 @@ CREATE TABLE IF NOT EXISTS tombstones (commit_key TEXT PRIMARY KEY);
 
 UNDO_PREFIX = "undo_"
 DB = web.AppKey("db", sqlite3.Connection)
+HEALED = web.AppKey("healed", Path)  # once this file exists, the SICK operations behave
+
+
+def _malformed_200() -> web.Response:
+    return web.Response(status=200, text='{"compensated": tru', content_type="application/json")
+
+
+SICK: dict[str, Callable[[], web.Response]] = {
+    "undo_fragile": _malformed_200,
+    "undo_picky": lambda: web.json_response({"error": "picky: not today"}, status=400),
+    "stall": lambda: web.json_response({"error": "stalled"}, status=503),
+}
 
 
 def _answer(conn: sqlite3.Connection, key: str, operation: str, payload: Any) -> tuple[int, Any]:
@@ -83,6 +101,9 @@ async def operate(request: web.Request) -> web.Response:
         payload = await request.json()
     except json.JSONDecodeError:
         return web.json_response({"error": "body is not JSON"}, status=400)
+    sick = SICK.get(request.match_info["operation"])
+    if sick is not None and not request.app[HEALED].exists():
+        return sick()
     conn = request.app[DB]
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -127,6 +148,7 @@ def make_app(db_path: str) -> web.Application:
     conn.executescript(SCHEMA)
     app = web.Application()
     app[DB] = conn
+    app[HEALED] = Path(f"{db_path}.healed")
     app.router.add_post("/ops/{operation}", operate)
     app.router.add_get("/effects", effects)
     app.router.add_get("/health", health)
