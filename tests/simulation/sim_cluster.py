@@ -19,7 +19,10 @@ phases on a `SimLoop`:
 
 A crash (see `Cluster.crash`) marks the incarnation dead (its disk, network attachment and
 service client then raise `NodeCrashed`), drops its store's uncommitted writes, and cancels
-every task it owns; a restart builds a new `Node` over the same `SimDisk`. The result carries
+every task it owns; a restart builds a new `Node` over the same `SimDisk`. In some seeds a
+node also crashes at one of the runtime's own named failpoints (`accompanist_py.failpoints`:
+the N-th time its code reaches, say, `after_vote`), through the handler that module calls at
+every point; the handler is installed for the run only. The result carries
 what the invariant checker needs (`invariants.check`), the counters the runner summarises,
 and the event trace with its hash.
 """
@@ -55,6 +58,7 @@ from sim_network import NetworkFaults, Partition, SimNetwork, SimTransport
 from sim_services import Effect, ServiceModel, SimServiceClient
 from sim_workload import CHOREOGRAPHIES, ROLES, Request, make_request
 
+from accompanist_py import failpoints
 from accompanist_py.backoff import Backoff
 from accompanist_py.choreography import Registry
 from accompanist_py.message import decode_value
@@ -89,6 +93,7 @@ class Options:
     fault_phase_s: float = 30.0
     settle_s: float = 100.0  # virtual deadline for quiescence after heal, and after reboot
     crashes: bool = True
+    failpoint_crashes: bool = True  # with `crashes`: some seeds crash at runtime failpoints
     network_faults: bool = True
     partitions: bool = True
     service_faults: bool = True
@@ -144,6 +149,40 @@ class CrashTrigger:
     node: str
     countdown: int
     sync: bool = False  # crash inside the operation (it fails) rather than just after it
+
+
+@dataclass
+class FailpointTrigger:
+    """Crash `node` the `hit`-th time its code reaches the runtime's failpoint `point`."""
+
+    node: str
+    point: str
+    hit: int
+    fired: bool = False
+
+
+# Which roles' code reaches a failpoint, for points that not every role reaches: the
+# decision is the initiator's (role a in both choreographies), votes and vetoes are the
+# other participants'. Nodes are drawn by how busy their roles are (d takes part only in
+# fan4's route cd), and hit numbers up to about how often a node reaches the point in a
+# run's fault phase, so that most triggers fire.
+_FAILPOINT_ROLES: dict[str, set[str]] = {
+    "after_decision": {"a"},
+    "after_vote": {"b", "c", "d"},
+    "after_veto": {"b", "c", "d"},
+}
+_ROLE_WEIGHT = {"a": 4, "b": 4, "c": 3, "d": 1}
+_FAILPOINT_MAX_HIT: dict[str, int] = {
+    "before_call": 6,
+    "after_call": 6,
+    "after_journal": 8,
+    "before_send": 4,
+    "after_send": 6,
+    "during_compensation": 2,
+    "after_vote": 4,
+    "after_veto": 1,
+    "after_decision": 6,
+}
 
 
 @dataclass
@@ -247,6 +286,8 @@ class Cluster:
         self.triggers: dict[str, list[CrashTrigger]] = {n: [] for n in self.topology}
         self.hot = 0.0  # probability of a crash at each control-message crash point
         self.hot_budget = 0
+        self.failpoint_triggers: list[FailpointTrigger] = []
+        self.failpoint_hits: Counter[tuple[str, str]] = Counter()  # (node, point), faults on
         self.restart_failures: list[tuple[float, str, str]] = []
         self.quarantined: list[tuple[str, str]] = []
         self.start_attempts: Counter[str] = Counter()
@@ -331,7 +372,9 @@ class Cluster:
             detail = f"{type(exc).__name__}: {exc}"
             self.restart_failures.append((self.loop.time(), str(inc), detail))
             self.trace("node", f"start failed {inc}: {detail}")
-            self.crash(name, "start failed", restart=self.start_attempts[name] < 4)
+            self.crash(
+                name, "start failed", restart=self.start_attempts[name] < 4, kind="start_failed"
+            )
             return
         handle.ready = True
         self.trace("node", f"ready {inc}")
@@ -345,8 +388,13 @@ class Cluster:
                 self.quarantined.append(entry)
                 self.restart_failures.append((self.loop.time(), *entry))
 
-    def crash(self, name: str, why: str, *, restart: bool = True) -> None:
-        """Kill the live incarnation of `name` now; schedule its restart."""
+    def crash(self, name: str, why: str, *, restart: bool = True, kind: str = "point") -> None:
+        """Kill the live incarnation of `name` now; schedule its restart.
+
+        `kind` is what caused it, counted as `crashes:<kind>`: "point" (the N-th crash point
+        of the harness), "hot" (around a control message), "timed", "failpoint" (a named
+        point of the runtime) or "start_failed".
+        """
         handle = self.live[name]
         if handle is None or not handle.inc.alive:
             return
@@ -359,6 +407,7 @@ class Cluster:
         cancelled = self.loop.cancel_tasks_of(inc)
         if restart:
             self.counters["crashes"] += 1  # the final reboot is not a fault
+            self.counters[f"crashes:{kind}"] += 1
         self.trace("crash", f"{inc} ({why}): lost {lost} writes, cancelled {cancelled} tasks")
         if not restart:
             return
@@ -383,7 +432,7 @@ class Cluster:
 
     def _timed_crash(self, name: str) -> None:
         if self.injecting:
-            self.crash(name, "timed")
+            self.crash(name, "timed", kind="timed")
 
     def crash_point(self, name: str, point: str) -> None:
         """A moment where node `name` may crash: a write, a send, a delivery, a service call.
@@ -399,7 +448,7 @@ class Cluster:
         hot = self.hot and point.endswith("-control") and self.hot_budget > 0
         if hot and rng.random() < self.hot:
             self.hot_budget -= 1
-            self._crash_at_point(name, f"hot {point}", sync=rng.random() < 0.5)
+            self._crash_at_point(name, f"hot {point}", sync=rng.random() < 0.5, kind="hot")
             return
         pending = self.triggers.get(name)
         if not pending:
@@ -411,13 +460,41 @@ class Cluster:
         pending.pop(0)
         self._crash_at_point(name, point, sync=trigger.sync)
 
-    def _crash_at_point(self, name: str, point: str, *, sync: bool) -> None:
+    def _crash_at_point(self, name: str, point: str, *, sync: bool, kind: str = "point") -> None:
         if sync:
             # Inside the operation: it raises NodeCrashed in the dying node's code.
-            self.crash(name, f"at {point}")
+            self.crash(name, f"at {point}", kind=kind)
         else:
             # Just after it: whatever else is ready runs first, then the process dies.
-            self.loop.call_soon(self.crash, name, f"after {point}", context=owner_context(None))
+            self.loop.call_soon(
+                lambda: self.crash(name, f"after {point}", kind=kind), context=owner_context(None)
+            )
+
+    def at_failpoint(self, point: str) -> None:
+        """The runtime's failpoint handler: its code, in some node's task, reached `point`.
+
+        Counts the hit for the node owning the task (while faults are injected) and, if a
+        trigger asks for this hit, crashes that node right here, as `kill -9` at that instant
+        would: the node dies, then `NodeCrashed` ends the code that reached the point.
+        """
+        if not self.injecting:
+            return
+        owner = OWNER.get()
+        if owner is None or not owner.alive:
+            return  # not a node's code, or a dead node's: only live nodes count hits
+        handle = self.live.get(owner.node)
+        if handle is None or handle.inc is not owner:
+            return
+        key = (owner.node, point)
+        self.failpoint_hits[key] += 1
+        hit = self.failpoint_hits[key]
+        for trigger in self.failpoint_triggers:
+            if trigger.fired or (trigger.node, trigger.point, trigger.hit) != (*key, hit):
+                continue
+            trigger.fired = True
+            self.counters[f"failpoint:{point}"] += 1
+            self.crash(owner.node, f"at failpoint {point} (hit {hit})", kind="failpoint")
+            raise NodeCrashed(f"{owner} crashed at failpoint {point}")
 
     # -- the fault plan ----------------------------------------------------------------------
     def plan_faults(self) -> None:
@@ -482,6 +559,33 @@ class Cluster:
                     length = rng.uniform(0.05, 3.0) if rng.random() < 0.85 else rng.uniform(12, 20)
                     self.models[name].outages.append((start, start + length))
                     self.counters["service_outages"] += 1
+
+    def plan_failpoints(self) -> None:
+        """In some seeds, crash a node at the N-th hit of a runtime failpoint.
+
+        Drawn from a stream of its own, so that the seeds without such a crash run exactly as
+        they did before these crashes existed (the handler is not even installed for them: with
+        a handler, the journal waits for each row's durability before `after_journal`).
+        """
+        o = self.options
+        if not (o.crashes and o.failpoint_crashes):
+            return
+        rng = _rng(self.seed, "failpoints")
+        if rng.random() >= 0.5:
+            return
+        for _ in range(rng.choices([1, 2], weights=[3, 1])[0]):
+            point = rng.choice(failpoints.POINTS)
+            roles = _FAILPOINT_ROLES.get(point)
+            nodes = sorted(
+                n for n, hosted in self.topology.items() if roles is None or roles & set(hosted)
+            )
+            weights = [max(_ROLE_WEIGHT[r] for r in self.topology[n]) for n in nodes]
+            node = rng.choices(nodes, weights=weights)[0]
+            hit = rng.randint(1, _FAILPOINT_MAX_HIT[point])
+            if any((t.node, t.point, t.hit) == (node, point, hit) for t in self.failpoint_triggers):
+                continue
+            self.failpoint_triggers.append(FailpointTrigger(node, point, hit))
+            self.trace("plan", f"crash {node} at hit {hit} of failpoint {point}")
 
     def heal(self) -> None:
         self.trace("heal", "restart dead nodes, end partitions, stop faults")
@@ -615,6 +719,9 @@ class Cluster:
     async def main(self) -> tuple[bool, list[str]]:
         self.plan_sessions()
         self.plan_faults()
+        self.plan_failpoints()
+        if self.failpoint_triggers:
+            failpoints.set_handler(self.at_failpoint)  # removed by run_seed when the run ends
         self.injecting = True
         for name in sorted(self.topology):
             await self.boot(name)
@@ -698,6 +805,7 @@ def run_seed(seed: int, options: Options | None = None) -> RunResult:
             cluster.dead.clear()
             gc.collect()
     finally:
+        failpoints.set_handler(None)  # installed by Cluster.main for this run only
         runtime_log.handlers, runtime_log.propagate, _ = saved
         runtime_log.setLevel(saved[2])
         if gc_was_enabled:

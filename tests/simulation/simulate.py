@@ -31,8 +31,13 @@ for _p in (str(ROOT), str(HERE)):  # this folder's modules, and accompanist_py
 from sim_cluster import Options, RunResult, run_seed  # noqa: E402
 from sim_disk import LyingStore  # noqa: E402
 
+from accompanist_py.failpoints import POINTS  # noqa: E402
+
+CRASH_KINDS = ("point", "hot", "timed", "failpoint", "start_failed")
 SUMMED = (
     "crashes",
+    *(f"crashes:{k}" for k in CRASH_KINDS),
+    *(f"failpoint:{p}" for p in POINTS),
     "partitions",
     "lost-request",
     "lost-ack",
@@ -167,7 +172,11 @@ def report(summaries: list[SeedSummary], wall_s: float, broken: str | None = Non
         f"committed: {outcomes['completed']}, aborted: "
         f"{outcomes['compensated'] + outcomes['failed']} "
         f"(compensated {outcomes['compensated']}, failed {outcomes['failed']})",
-        f"crashes: {counters['crashes']}, partitions: {counters['partitions']}, "
+        f"crashes: {counters['crashes']} ("
+        + ", ".join(f"{k} {counters['crashes:' + k]}" for k in CRASH_KINDS)
+        + "), at failpoints: "
+        + ", ".join(f"{p} {counters['failpoint:' + p]}" for p in POINTS),
+        f"partitions: {counters['partitions']}, "
         f"network faults injected: {network} ("
         + ", ".join(f"{k} {counters[k]}" for k in NETWORK_FAULTS)
         + f"), service outages: {counters['service_outages']}, "

@@ -2,11 +2,13 @@
 
 The first tests check the harness: virtual time costs no wall time, a crash cancels exactly
 the dead node's tasks, a seed replays byte-identically (in this process and in another one
-with another hash seed), and the checker does fail a run when a part breaks its contract (a
-service that re-applies a repeated key; a store that acknowledges writes before they are
-durable; hand-made results breaking each rule). Then `test_seeds` runs seeds 0..SIM_SEEDS-1
-(default 2000) over SIM_JOBS processes (default 2) and, if any breaks an invariant, fails
-listing each failing seed's violations and the command that replays it.
+with another hash seed, also when a node crashes at one of the runtime's failpoints), the
+failpoint handler does not outlive its run (even one that fails), and the checker does fail
+a run when a part breaks its contract (a service that re-applies a repeated key; a store
+that acknowledges writes before they are durable; hand-made results breaking each rule).
+Then `test_seeds` runs seeds 0..SIM_SEEDS-1 (default 2000) over SIM_JOBS processes (default
+2) and, if any breaks an invariant, fails listing each failing seed's violations and the
+command that replays it; with 1000 seeds or more, every failpoint must have crashed a node.
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ from pathlib import Path
 
 import invariants
 import pytest
+import sim_cluster
 from sim_cluster import ClientLog, Options, RunResult, SessionPlan, run_seed
 from sim_disk import LyingStore
 from sim_loop import Incarnation, SimLoop, owner_context, run_in
 from sim_services import Effect
 from sim_workload import Request
 from simulate import replay_command, report, run_range
+
+from accompanist_py import failpoints
 
 HERE = Path(__file__).resolve().parent
 SEEDS = int(os.environ.get("SIM_SEEDS", "2000"))
@@ -88,17 +93,60 @@ def test_one_seed_run_twice_gives_the_same_trace() -> None:
     assert run_seed(8).trace_hash != first.trace_hash
 
 
-def test_a_seed_replays_identically_in_another_process() -> None:
-    expected = run_seed(11).trace_hash
+# A seed whose run crashes a node at two of the runtime's failpoints (after_journal at a,
+# then after_decision at a's next incarnation).
+FAILPOINT_SEED = 9
+
+
+@pytest.mark.parametrize("seed", [11, FAILPOINT_SEED])
+def test_a_seed_replays_identically_in_another_process(seed: int) -> None:
+    expected = run_seed(seed).trace_hash
     for hash_seed in ("1", "2"):
         out = subprocess.run(
-            [sys.executable, str(HERE / "simulate.py"), "--seed", "11"],
+            [sys.executable, str(HERE / "simulate.py"), "--seed", str(seed)],
             capture_output=True,
             text=True,
             env={**os.environ, "PYTHONHASHSEED": hash_seed},
             timeout=120,
         )
         assert f"trace {expected}" in out.stdout, out.stdout + out.stderr
+
+
+def test_a_crash_at_a_failpoint_replays_and_its_handler_ends_with_the_run() -> None:
+    first = run_seed(FAILPOINT_SEED)
+    assert failpoints._handler is None
+    second = run_seed(FAILPOINT_SEED)
+    assert failpoints._handler is None
+    crashes = [line for line in first.trace if "at failpoint" in line]
+    assert len(crashes) == 2, crashes
+    assert first.counters["crashes:failpoint"] == 2
+    assert first.trace == second.trace
+    assert first.violations == []
+
+
+def test_the_failpoint_handler_is_removed_when_a_run_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    installed: list[object] = []
+
+    def heal(self: sim_cluster.Cluster) -> None:
+        installed.append(failpoints._handler)
+        raise RuntimeError("the harness broke mid-run")
+
+    monkeypatch.setattr(sim_cluster.Cluster, "heal", heal)
+    with pytest.raises(RuntimeError, match="mid-run"):
+        run_seed(FAILPOINT_SEED, Options(keep_trace=False))
+    assert installed and installed[0] is not None, "the run did not install its handler"
+    assert failpoints._handler is None
+
+
+def test_a_seed_without_failpoint_crashes_installs_no_handler(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # With a handler, the journal awaits every row before `after_journal`: the seeds that
+    # plan no failpoint crash must run the runtime as it runs in production.
+    seen: list[object] = []
+    monkeypatch.setattr(sim_cluster.Cluster, "heal", lambda self: seen.append(failpoints._handler))
+    run_seed(11, Options(keep_trace=False))
+    assert seen == [None]
 
 
 def _kinds(options: Options, seeds: range) -> Counter[str]:
@@ -212,6 +260,10 @@ def test_the_checker_reports_each_broken_rule(
     assert kind in {v.kind for v in found}, found
 
 
+def _crashes_at(summaries: list, point: str) -> int:
+    return sum(s.counters[f"failpoint:{point}"] for s in summaries)
+
+
 @pytest.mark.timeout(1800)
 def test_seeds() -> None:
     """Seeds 0..SIM_SEEDS-1 keep every invariant, or each failing seed is listed."""
@@ -223,6 +275,9 @@ def test_seeds() -> None:
     if SEEDS >= 100:
         crashed = sum(1 for s in summaries if s.counters["crashes"] > 0)
         assert crashed >= 0.7 * SEEDS, f"only {crashed} of {SEEDS} seeds crashed a node"
+    if SEEDS >= 1000:
+        missed = [p for p in failpoints.POINTS if summaries and not _crashes_at(summaries, p)]
+        assert not missed, f"no crash at failpoint(s) {missed} in {SEEDS} seeds"
     failing = [s for s in summaries if s.violations]
     lines: list[str] = []
     for s in failing[:50]:
