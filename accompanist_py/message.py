@@ -107,6 +107,8 @@ def check_shape(msg: Message, max_payload_bytes: int) -> None:
         value = getattr(msg, name)
         if not isinstance(value, str) or not value or len(value) > MAX_NAME:
             raise ValueError(f"{name} must be a non-empty string of at most {MAX_NAME} characters")
+    if not isinstance(msg.kind, Kind):
+        raise ValueError(f"kind must be one of {', '.join(k.value for k in Kind)}")
     if type(msg.seq) is not int or not (min(Control.NAMES) <= msg.seq <= INT64_MAX):
         raise ValueError(f"seq must be an integer in [{min(Control.NAMES)}, 2**63-1]")
     if (msg.kind is Kind.CONTROL) != (msg.seq < 0):
