@@ -24,16 +24,8 @@ from sim_loop import Incarnation, Trace
 from accompanist_py.store import SQLiteStore
 from accompanist_py.store import sqlite as sqlite_store
 
-# Errors of one statement's data, as opposed to the disk's (the real store's distinction).
-_DATA_ERRORS = (
-    sqlite3.IntegrityError,
-    sqlite3.InterfaceError,
-    sqlite3.ProgrammingError,
-    sqlite3.DataError,
-    OverflowError,
-    TypeError,
-    ValueError,
-)
+# Errors of one statement's data, as opposed to the disk's: the real store's distinction.
+_DATA_ERRORS = sqlite_store._DATA_ERRORS
 
 
 class SimDisk:
