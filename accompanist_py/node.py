@@ -307,7 +307,8 @@ class Node:
         if wait and running is not None:
             # After client_wait_s the client hears the current state, and may ask again.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(running.finished), self.config.client_wait_s)
+                async with asyncio.timeout(self.config.client_wait_s):
+                    await asyncio.shield(running.finished)
         return self.status(sid, chor.initiator)
 
     def status(self, session_id: str, role: str | None = None) -> SessionStatus:
@@ -315,13 +316,16 @@ class Node:
         for r in [role] if role else self.roles:
             rec = self.store.session(session_id, r)
             if rec is not None:
-                result = decode_value(rec.result) if rec.result is not None else None
                 running = self.sessions.get((session_id, r))
+                # A running session reports its last durable state: a client must never
+                # hear of an outcome that a kill -9 now could still take back.
+                state, raw = running.durable if running is not None else (rec.state, rec.result)
+                result = decode_value(raw) if raw is not None else None
                 return SessionStatus(
                     rec.session_id,
                     rec.choreography,
                     rec.role,
-                    rec.state,
+                    state,
                     result,
                     rec.restarts,
                     running.stuck if running is not None else None,

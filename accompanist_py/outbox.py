@@ -124,7 +124,8 @@ class Outbox:
                     log.debug("delivery to %s failed (%s); retry in %.2fs", receiver, exc, delay)
                     lane.wake.clear()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(lane.wake.wait(), delay)
+                        async with asyncio.timeout(delay):
+                            await lane.wake.wait()
                     continue
                 except Exception:  # a transport bug must not lose the batch
                     log.exception("sending to %s failed unexpectedly", receiver)

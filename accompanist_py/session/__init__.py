@@ -66,7 +66,12 @@ class RoleSession:
         self.outcome = Outcome(self.role, chor.initiator, chor.roles, state=record.state)
         self.task: asyncio.Task[None] | None = None
         self.finished: asyncio.Future[SessionRecord] = asyncio.get_running_loop().create_future()
-        self._effects: deque[tuple[Awaitable[None], Effects, list[Message]]] = deque()
+        # Each queued transition: its barrier, its effects, its staged messages, and the
+        # (state, result) it wrote, which is what clients hear once the barrier has passed.
+        self._effects: deque[
+            tuple[Awaitable[None], Effects, list[Message], tuple[str, bytes | None] | None]
+        ] = deque()
+        self.durable: tuple[str, bytes | None] = (record.state, record.result)
         self._wake = asyncio.Event()
         self._barrier: Awaitable[None] = DONE  # the latest write of this session's state
         self._in_part = False
@@ -121,12 +126,15 @@ class RoleSession:
             self.record.state = fx.state
             self.record.result = encode_value(self._result(fx))
             self._barrier = store.save_session(self.record)
+            written = (self.record.state, self.record.result)
+        else:
+            written = None
         staged = [self._control(r, seq, body) for r, seq, body in fx.send]
         for msg in staged:  # after the state: a durable row implies a durable state
             self._barrier = self.node.stage(msg) or self._barrier
         if fx.cancel_part and self._in_part and self.task is not asyncio.current_task():
             self.task.cancel()  # type: ignore[union-attr]
-        self._effects.append((self._barrier, fx, staged))
+        self._effects.append((self._barrier, fx, staged, written))
         self._wake.set()
 
     def _result(self, fx: Effects) -> Any:
@@ -276,8 +284,10 @@ class RoleSession:
         """Carry out queued effects in order, each once its state is durable; then wait."""
         while True:
             while self._effects:
-                barrier, fx, staged = self._effects.popleft()
+                barrier, fx, staged, written = self._effects.popleft()
                 await barrier
+                if written is not None:
+                    self.durable = written
                 _failpoint(self.outcome.is_initiator, fx)
                 for msg in staged:
                     self.node.release(msg)
@@ -290,9 +300,11 @@ class RoleSession:
                     self._finish()
                     return
             self._wake.clear()
-            timeout = self.node.config.query_interval_s
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that
+            # arrives as the event is set, and the node's close() then waits for ever.
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(self.node.config.query_interval_s):
+                    await self._wake.wait()
             except TimeoutError:
                 self._apply(self.outcome.query_due())
 

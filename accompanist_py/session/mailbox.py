@@ -65,7 +65,8 @@ class Mailbox:
             self._waiters[key] = waiter
             timeout = self.receive_timeout_s
             try:
-                msg = await asyncio.wait_for(waiter, timeout)
+                async with asyncio.timeout(timeout):
+                    msg = await waiter
             except TimeoutError:
                 raise ReceiveTimeoutError(
                     f"role {self.role!r} of session {self.session_id!r} waited {timeout:g}s for "

@@ -106,7 +106,8 @@ class StreamTransport(HttpTransport):
         frame = msgpack.packb([batch_id, [m.to_wire() for m in batch]], use_bin_type=True)
         try:
             await link.ws.send_bytes(frame)  # type: ignore[union-attr]
-            return await asyncio.wait_for(fut, self._ack_timeout)
+            async with asyncio.timeout(self._ack_timeout):
+                return await fut
         except (TimeoutError, aiohttp.ClientError, ConnectionError, OSError) as exc:
             raise DeliveryFailed(f"{receiver}: {exc.__class__.__name__}: {exc}") from exc
         finally:
