@@ -59,3 +59,11 @@ class ServiceUnavailableError(Exception):
 
 class ConfigError(Exception):
     """A configuration file is missing, malformed or inconsistent."""
+
+
+class Overloaded(Exception):
+    """A node takes no new session for now (admission control); nothing was stored.
+
+    A client hears 503 with Retry-After; a peer's batch is retried by its outbox."""
+
+    retry_after_s = 1

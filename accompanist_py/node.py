@@ -23,7 +23,7 @@ from typing import Any
 from accompanist_py import failpoints
 from accompanist_py.backoff import Backoff
 from accompanist_py.choreography import Registry
-from accompanist_py.errors import ChoreographyError, ReplayDivergenceError
+from accompanist_py.errors import ChoreographyError, Overloaded, ReplayDivergenceError
 from accompanist_py.message import (
     Control,
     Kind,
@@ -62,6 +62,12 @@ class NodeConfig:
     max_batch: int = 64
     max_inflight: int = 16
     max_payload_bytes: int = 1024 * 1024
+    # Admission control: over any of these, new sessions are refused for now (503, or a
+    # retryable refusal to a peer) while the sessions already running go on and drain them.
+    max_batch_received: int = 1024  # messages in one incoming batch
+    max_sessions: int = 10_000  # running at once on this node
+    max_store_backlog: int = 100_000  # writes queued for the store
+    max_outbox_per_peer: int = 100_000  # messages waiting for one receiving role
     retention_s: float = 600.0  # finished sessions' messages and journal go after this
     record_retention_s: float = 3600.0  # their records (state, result) after this
     prune_interval_s: float = 30.0
@@ -83,8 +89,15 @@ class NodeConfig:
             )
         if min(self.receive_timeout_s, self.decision_timeout_s, self.query_interval_s) <= 0:
             raise ValueError("timeouts must be positive")
-        if self.max_payload_bytes <= 0:
-            raise ValueError("max_payload_bytes must be positive")
+        limits = (
+            self.max_payload_bytes,
+            self.max_batch_received,
+            self.max_sessions,
+            self.max_store_backlog,
+            self.max_outbox_per_peer,
+        )
+        if min(limits) <= 0:
+            raise ValueError("limits must be positive")
 
 
 @dataclass
@@ -270,11 +283,14 @@ class Node:
         *,
         session_id: str | None = None,
         wait: bool = True,
+        owner: str | None = None,
     ) -> SessionStatus:
         """Start a session (or join the one with this id) at the choreography's initiator.
 
         Returns once the session's record is durable (so an acknowledged start survives a
-        crash) and, with `wait`, once it has ended or `client_wait_s` has passed.
+        crash) and, with `wait`, once it has ended or `client_wait_s` has passed. `owner` is
+        the authenticated client: a session with an owner is no one else's to join or read
+        (to them it does not exist). Raises `Overloaded` rather than start one too many.
         """
         chor = self.registry.get(choreography)
         if chor.initiator not in self.roles:
@@ -287,13 +303,23 @@ class Node:
         if not sid or len(sid) > 128:
             raise ChoreographyError("a session id is a non-empty string of at most 128 characters")
         rec = self.store.session(sid, chor.initiator)
+        if rec is not None and not _owns(owner, rec):
+            raise ChoreographyError(f"session {sid!r} belongs to another client")
         if rec is not None and rec.choreography != chor.name:
             raise ChoreographyError(
                 f"session {sid!r} already exists for choreography {rec.choreography!r}"
             )
         if rec is None:
+            full = self.overloaded()
+            if full is not None:
+                raise Overloaded(full)
             rec = SessionRecord(
-                sid, chor.initiator, chor.name, args=encode_value(inputs), created=self.clock()
+                sid,
+                chor.initiator,
+                chor.name,
+                args=encode_value(inputs),
+                created=self.clock(),
+                owner=owner,
             )
             # The session runs once its record is durable: a crash cannot then lose a session
             # whose messages peers have already acted on.
@@ -309,13 +335,19 @@ class Node:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.config.client_wait_s):
                     await asyncio.shield(running.finished)
-        return self.status(sid, chor.initiator)
+        return self.status(sid, chor.initiator, owner=owner)
 
-    def status(self, session_id: str, role: str | None = None) -> SessionStatus:
-        """The state of a session at `role` (default: the first hosted role that knows it)."""
+    def status(
+        self, session_id: str, role: str | None = None, *, owner: str | None = None
+    ) -> SessionStatus:
+        """The state of a session at `role` (default: the first hosted role that knows it).
+
+        A session started by an authenticated client is known to that client only: to any
+        other `owner` it raises KeyError, as an unknown one does.
+        """
         for r in [role] if role else self.roles:
             rec = self.store.session(session_id, r)
-            if rec is not None:
+            if rec is not None and _owns(owner, rec):
                 running = self.sessions.get((session_id, r))
                 # A running session reports its last durable state: a client must never
                 # hear of an outcome that a kill -9 now could still take back.
@@ -337,6 +369,24 @@ class Node:
         self.sessions[(rec.session_id, rec.role)] = session
         session.start(ready)
         return session
+
+    def overloaded(self) -> str | None:
+        """Why this node takes no new session now, or None: admission control.
+
+        Only new sessions are refused; messages of running ones are always taken, so that
+        what is queued drains and the node comes back below its limits by itself.
+        """
+        cfg = self.config
+        if len(self.sessions) >= cfg.max_sessions:
+            return f"{len(self.sessions)} sessions running, the limit is {cfg.max_sessions}"
+        backlog = self.store.backlog()
+        if backlog >= cfg.max_store_backlog:
+            return f"{backlog} store writes queued, the limit is {cfg.max_store_backlog}"
+        for role, waiting in self.outbox.waiting().items():
+            if waiting >= cfg.max_outbox_per_peer:
+                limit = cfg.max_outbox_per_peer
+                return f"{waiting} messages wait for {role!r}, the limit is {limit}"
+        return None
 
     def session_ended(self, session: RoleSession, seconds: float) -> None:
         self.sessions.pop((session.session_id, session.role), None)
@@ -443,13 +493,20 @@ class Node:
         self.release(reply, stored=False)
 
     # -- messages in -------------------------------------------------------------------------
-    def validate(self, msg: Message) -> None:
+    def validate(self, msg: Message, peer: frozenset[str] | None = None) -> None:
         """Raise ValueError with a precise reason if this node must refuse `msg`.
 
         Everything is checked before anything of the message is stored, so that whatever is
-        stored can be reloaded and replayed.
+        stored can be reloaded and replayed. `peer` is the set of roles the sending
+        connection's certificate names (None: an unauthenticated transport, allowed only in
+        development); a message is taken only from a connection certified for its sender.
         """
         check_shape(msg, self.config.max_payload_bytes)
+        if peer is not None and msg.sender not in peer:
+            raise ValueError(
+                f"sender: the connection is certified for role(s) {sorted(peer)}, "
+                f"not {msg.sender!r}"
+            )
         if msg.receiver not in self.roles:
             raise ValueError(
                 f"receiver: node {self.name!r} does not host role {msg.receiver!r} "
@@ -479,19 +536,30 @@ class Node:
                 f"body: 'involved' names roles {sorted(unknown)} not in the choreography"
             )
 
-    async def deliver(self, batch: list[Message]) -> list[tuple[int, str]]:
+    async def deliver(
+        self, batch: list[Message], peer: frozenset[str] | None = None
+    ) -> list[tuple[int, str]]:
         """Accept a batch; returns once every message in it is durable (the acknowledgement).
 
         Returns the messages refused for good, as (index in batch, reason): one bad message
         does not hold up the others, which may belong to other sessions. A refused message
-        leaves nothing behind.
+        leaves nothing behind. `peer`: the roles the sender is certified for (see
+        `validate`). Raises ValueError for a batch that is too long, and `Overloaded`,
+        storing nothing, if the batch would start a session while the node is full.
         """
+        if len(batch) > self.config.max_batch_received:
+            raise ValueError(
+                f"batch of {len(batch)} messages, the limit is {self.config.max_batch_received}"
+            )
+        full = self.overloaded()
+        if full is not None and any(self._would_start(m) for m in batch):
+            raise Overloaded(full)
         refused: list[tuple[int, str]] = []
         accepted: list[tuple[int, list[Awaitable[None]]]] = []
         for index, msg in enumerate(batch):
             durable: list[Awaitable[None]] = []
             try:
-                self.validate(msg)
+                self.validate(msg, peer)
                 self._accept(msg, durable)
             except ValueError as exc:
                 refused.append((index, str(exc)))
@@ -505,6 +573,15 @@ class Node:
             except RuntimeError as exc:  # the store refused this write (see SQLiteStore)
                 refused.append((index, f"could not store the message: {exc}"))
         return sorted(refused)
+
+    def _would_start(self, msg: Message) -> bool:
+        return (
+            msg.kind is not Kind.CONTROL
+            and isinstance(msg.session, str)
+            and isinstance(msg.receiver, str)
+            and msg.receiver in self.roles
+            and self.store.session(msg.session, msg.receiver) is None
+        )
 
     def _accept(self, msg: Message, durable: list[Awaitable[None]]) -> None:
         key = (msg.session, msg.receiver)
@@ -600,6 +677,11 @@ class Node:
 
     def on_peer_ready(self, roles: list[str]) -> None:
         self.outbox.wake(roles)
+
+
+def _owns(client: str | None, rec: SessionRecord) -> bool:
+    """Whether `client` may see `rec`: its owner, or anyone for a session without one."""
+    return rec.owner is None or rec.owner == client
 
 
 def _is_commit(msg: Message) -> bool:

@@ -58,6 +58,10 @@ class Outbox:
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
+    def waiting(self) -> dict[str, int]:
+        """Messages queued per receiving role (an unreachable peer's grow)."""
+        return {r: len(lane.queue) + len(lane.lingering) for r, lane in self._lanes.items()}
+
     def push(self, msg: Message, linger_s: float = 0.0) -> None:
         """Queue `msg` for delivery (it is already durable in the store, if the store is).
 

@@ -1,10 +1,12 @@
-"""The sidecar's calls to its own service: the paper's "worker" RPC, over plain HTTP.
+"""The sidecar's calls to its own service: the paper's "worker" RPC, over HTTP or HTTPS.
 
 A service is any HTTP server: `POST {base}/ops/{operation}` with a JSON body and an
 `Idempotency-Key` header. 200 is the result; 409 a business abort; another 4xx a
 non-retryable error; 5xx, a refused connection or a timeout are transient and retried with
 capped backoff until the call deadline, so a service that is down for seconds only delays a
-saga. Nothing in a service imports this runtime.
+saga. Nothing in a service imports this runtime. Over HTTPS the client verifies the service
+against a CA and may present a client certificate and/or a bearer token, so that a service
+can take calls from its own sidecar only.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -46,8 +49,12 @@ class HttpServiceClient:
         attempt_timeout_s: float = 5.0,
         deadline_s: float = 300.0,
         backoff: Backoff | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        token: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self._ssl = ssl_context
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.attempt_timeout = aiohttp.ClientTimeout(total=attempt_timeout_s)
         self.deadline_s = deadline_s
         self.backoff = backoff or Backoff()
@@ -57,8 +64,9 @@ class HttpServiceClient:
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=None),
+                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=None, ssl=self._ssl or True),
                 timeout=self.attempt_timeout,
+                headers=self._headers,
             )
         return self._session
 

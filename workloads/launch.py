@@ -4,6 +4,11 @@
 loopback port, each with its own SQLite file in `dirpath` and its output in
 `dirpath/<service>.log`, wait until every `GET /health` answers, yield {service: base URL},
 and on exit, exception or not, stop every child: SIGTERM, then SIGKILL after a grace period.
+
+Given `tls` (a `ServiceTLS` per service) the services serve HTTPS to callers with a
+certificate from the CA, the URLs are https://, and the health probe presents the service's
+own certificate (which the CA signed, and which `GET /health` accepts whatever URIs it
+carries); given `tokens`, each service demands its bearer token on every other route.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -19,6 +25,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 
 from workloads import Workload, discover
+from workloads.service_kit import ServiceTLS
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -37,8 +44,19 @@ def service_command(
     size: int,
     abort_rate: float,
     host: str = "127.0.0.1",
+    *,
+    tls: ServiceTLS | None = None,
+    token: str | None = None,
 ) -> list[str]:
-    """The argv that runs one service of `workload`."""
+    """The argv that runs one service of `workload` (over HTTPS with `tls`, and demanding the
+    bearer `token` if given). The token is visible in the process list of this machine."""
+    guard: list[str] = []
+    if tls is not None:
+        guard += ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key), "--tls-ca", str(tls.ca)]
+        for uri in tls.allow_uris:
+            guard += ["--allow-uri", uri]
+    if token is not None:
+        guard += ["--token", token]
     return [
         sys.executable,
         "-m",
@@ -57,7 +75,30 @@ def service_command(
         str(size),
         "--abort-rate",
         str(abort_rate),
+        *guard,
     ]
+
+
+def _probe_context(tls: ServiceTLS) -> ssl.SSLContext:
+    """Trusts the CA and presents the service's own certificate (host names are not checked:
+    the deployment names services by URI, and the probe dials the address it just started)."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca))
+    ctx.check_hostname = False
+    ctx.load_cert_chain(str(tls.cert), str(tls.key))
+    return ctx
+
+
+def _covering(workload: Workload, what: str, given: Mapping[str, object] | None) -> None:
+    """Refuse a `tls` or `tokens` map that leaves a service unguarded or names a stranger."""
+    if given is None:
+        return
+    missing = sorted(set(workload.services) - set(given))
+    unknown = sorted(set(given) - set(workload.services))
+    if missing or unknown:
+        raise ValueError(
+            f"{what} must name every service of {workload.name} and no other: "
+            f"missing {missing}, unknown {unknown}"
+        )
 
 
 class _Children:
@@ -72,11 +113,18 @@ class _Children:
         abort_rate: float,
         host: str,
         ports: Mapping[str, int] | None,
+        tls: Mapping[str, ServiceTLS] | None = None,
+        tokens: Mapping[str, str] | None = None,
     ) -> None:
         self.workload = discover()[workload] if isinstance(workload, str) else workload
+        _covering(self.workload, "tls", tls)
+        _covering(self.workload, "tokens", tokens)
         self.dirpath = Path(dirpath)
         self.args = (seed, size, abort_rate, host)
         self.ports = dict(ports or {})
+        self.tls = dict(tls or {})
+        self.tokens = dict(tokens or {})
+        self.probes = {service: _probe_context(t) for service, t in self.tls.items()}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.urls: dict[str, str] = {}
 
@@ -86,14 +134,24 @@ class _Children:
         for service in self.workload.services:
             port = self.ports.get(service) or free_port(host)
             db = self.dirpath / f"{service}.db"
+            command = service_command(
+                self.workload,
+                service,
+                port,
+                db,
+                seed,
+                size,
+                abort_rate,
+                host,
+                tls=self.tls.get(service),
+                token=self.tokens.get(service),
+            )
             with (self.dirpath / f"{service}.log").open("ab") as log:
                 self.procs[service] = subprocess.Popen(
-                    service_command(self.workload, service, port, db, seed, size, abort_rate, host),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
+                    command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
                 )
-            self.urls[service] = f"http://{host}:{port}"
+            scheme = "https" if service in self.tls else "http"
+            self.urls[service] = f"{scheme}://{host}:{port}"
 
     def wait_healthy(self, startup_s: float) -> None:
         """Poll every `GET /health` until all answer 200; raise if a child dies or time runs out."""
@@ -109,7 +167,9 @@ class _Children:
                     )
                 with (
                     contextlib.suppress(OSError),
-                    urllib.request.urlopen(f"{self.urls[service]}/health", timeout=2),
+                    urllib.request.urlopen(
+                        f"{self.urls[service]}/health", timeout=2, context=self.probes.get(service)
+                    ),
                 ):
                     waiting.discard(service)
             if waiting and time.monotonic() > deadline:
@@ -141,12 +201,15 @@ async def running_services(
     host: str = "127.0.0.1",
     ports: Mapping[str, int] | None = None,
     startup_s: float = 30.0,
+    tls: Mapping[str, ServiceTLS] | None = None,
+    tokens: Mapping[str, str] | None = None,
 ) -> AsyncIterator[dict[str, str]]:
     """Run every service of `workload`; yield {service: base URL} once all are healthy.
 
-    `ports` pins some services' ports (the others get free ones).
+    `ports` pins some services' ports (the others get free ones). `tls` and `tokens`, if
+    given, must name every service: a half-guarded workload is refused (ValueError).
     """
-    children = _Children(workload, dirpath, seed, size, abort_rate, host, ports)
+    children = _Children(workload, dirpath, seed, size, abort_rate, host, ports, tls, tokens)
     try:
         children.start()
         await asyncio.to_thread(children.wait_healthy, startup_s)
@@ -166,9 +229,11 @@ def running_services_sync(
     host: str = "127.0.0.1",
     ports: Mapping[str, int] | None = None,
     startup_s: float = 30.0,
+    tls: Mapping[str, ServiceTLS] | None = None,
+    tokens: Mapping[str, str] | None = None,
 ) -> Iterator[dict[str, str]]:
     """The same as `running_services`, for callers without an event loop."""
-    children = _Children(workload, dirpath, seed, size, abort_rate, host, ports)
+    children = _Children(workload, dirpath, seed, size, abort_rate, host, ports, tls, tokens)
     try:
         children.start()
         children.wait_healthy(startup_s)

@@ -8,15 +8,25 @@ description into an aiohttp process that honours docs/contracts.md: the dedup re
 stored response, compensating a commit that never happened leaves a tombstone that makes the
 late commit answer 409 `{"error": "compensated"}`, business aborts are 409 and malformed input
 is 400. `main()` is the command line shared by every `workloads.<name>.services` module.
+
+Optionally a service is guarded (see docs/security.md): with `ServiceTLS` it serves HTTPS and
+takes only connections that present a certificate from the deployment CA, and with
+`allow_uris` only those whose certificate names an allowed caller (403 otherwise); with a
+bearer `token`, a request without it is answered 401 before anything runs. `GET /health` needs
+neither the URI nor the token (it reveals nothing), only the TLS handshake. Like every
+service, this module knows nothing of accompanist_py: it reads the URIs from the certificate
+itself.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hmac
 import json
 import signal
 import sqlite3
+import ssl
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 Payload = dict[str, Any]
 Result = dict[str, Any]
@@ -254,8 +265,72 @@ def service_state(db: sqlite3.Connection, service: ServiceDef) -> Result:
     }
 
 
-def build_app(service: ServiceDef, db: sqlite3.Connection) -> web.Application:
-    """The aiohttp application serving `service` from the prepared database `db`."""
+@dataclass(frozen=True)
+class ServiceTLS:
+    """HTTPS for a service: its certificate and key, and the CA its callers' certificates
+    must come from. With `allow_uris`, a caller's certificate must also carry one of these
+    URI subjectAltNames (e.g. `spiffe://accompanist/sidecar/warehouse`)."""
+
+    cert: Path
+    key: Path
+    ca: Path
+    allow_uris: tuple[str, ...] = ()
+
+    def server_context(self) -> ssl.SSLContext:
+        """Presents the service's certificate; a caller without a valid one fails the handshake."""
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(self.ca))
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(str(self.cert), str(self.key))
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
+
+
+def _peer_uris(request: web.Request) -> list[str]:
+    transport = request.transport
+    cert = transport.get_extra_info("peercert") if transport is not None else None
+    return [value for kind, value in (cert or {}).get("subjectAltName", ()) if kind == "URI"]
+
+
+def _guard(public: Handler, allow_uris: Sequence[str], token: str | None) -> Middleware:
+    """The middleware that refuses a caller before its request reaches an operation; the
+    `public` handler (the health probe) is open to any caller that passed the handshake."""
+    allowed = frozenset(allow_uris)
+    expected = token.encode() if token is not None else None
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.match_info.handler is public:
+            return await handler(request)
+        if allowed and allowed.isdisjoint(_peer_uris(request)):
+            return web.json_response(
+                {"error": "client certificate names no allowed caller"}, status=403
+            )
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if expected is not None and not (
+            scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected)
+        ):
+            return web.json_response(
+                {"error": "missing or wrong bearer token"},
+                status=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return await handler(request)
+
+    return guard
+
+
+def build_app(
+    service: ServiceDef,
+    db: sqlite3.Connection,
+    *,
+    allow_uris: Sequence[str] = (),
+    token: str | None = None,
+) -> web.Application:
+    """The aiohttp application serving `service` from the prepared database `db`.
+
+    With `allow_uris` (the connection must be TLS with a verified client certificate) or
+    `token`, every route but `GET /health` first checks the caller (403 / 401).
+    """
     commits = {c.name: c for c in service.commits}
     undos = {c.undo_name: c for c in service.commits}
     queries = {q.name: q for q in service.queries}
@@ -296,19 +371,36 @@ def build_app(service: ServiceDef, db: sqlite3.Connection) -> web.Application:
     app.router.add_post("/ops/{operation}", operation)
     app.router.add_get("/state", state)
     app.router.add_get("/health", health)
+    if allow_uris or token is not None:
+        app.middlewares.append(_guard(health, allow_uris, token))
     return app
 
 
 async def serve(
-    service: ServiceDef, db_path: str, host: str, port: int, seed: int, size: int, abort_rate: float
+    service: ServiceDef,
+    db_path: str,
+    host: str,
+    port: int,
+    seed: int,
+    size: int,
+    abort_rate: float,
+    *,
+    tls: ServiceTLS | None = None,
+    token: str | None = None,
 ) -> None:
-    """Run `service` until SIGTERM or SIGINT, then close the server and the database."""
+    """Run `service` until SIGTERM or SIGINT, then close the server and the database.
+
+    With `tls` it serves HTTPS to callers with a certificate from `tls.ca` (and, if given, one
+    of `tls.allow_uris`); with `token`, callers must send `Authorization: Bearer <token>`.
+    """
+    ssl_context = tls.server_context() if tls is not None else None
     Path(db_path).parent.mkdir(parents=True, exist_ok=True)
     db = open_db(db_path)
     prepare(db, service, seed, size, abort_rate)
-    runner = web.AppRunner(build_app(service, db), access_log=None)
+    app = build_app(service, db, allow_uris=tls.allow_uris if tls else (), token=token)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -341,9 +433,43 @@ def main(services: Sequence[ServiceDef], argv: Sequence[str] | None = None) -> N
         default=0.1,
         help="0 seeds no abort traps; any other value seeds them",
     )
+    parser.add_argument("--tls-cert", type=Path, help="serve HTTPS with this certificate")
+    parser.add_argument("--tls-key", type=Path, help="the certificate's private key")
+    parser.add_argument(
+        "--tls-ca", type=Path, help="callers must present a certificate from this CA"
+    )
+    parser.add_argument(
+        "--allow-uri",
+        action="append",
+        default=[],
+        metavar="URI",
+        help="callers' certificates must carry one of these URIs (repeatable)",
+    )
+    parser.add_argument(
+        "--token", help="callers must send 'Authorization: Bearer TOKEN' (not to /health)"
+    )
     args = parser.parse_args(argv)
     if args.size <= 0 or not 0 <= args.abort_rate <= 1:
         parser.error("--size must be positive and --abort-rate within [0, 1]")
+    files = {"--tls-cert": args.tls_cert, "--tls-key": args.tls_key, "--tls-ca": args.tls_ca}
+    tls = None
+    if any(files.values()):
+        if not all(files.values()):
+            parser.error("--tls-cert, --tls-key and --tls-ca go together")
+        for flag, path in files.items():
+            if not path.is_file():
+                parser.error(f"{flag}: no such file {path}")
+        tls = ServiceTLS(args.tls_cert, args.tls_key, args.tls_ca, tuple(args.allow_uri))
+        try:
+            tls.server_context()
+        except ssl.SSLError as exc:
+            parser.error(
+                f"--tls-cert, --tls-key, --tls-ca: not a usable certificate, key and CA: {exc}"
+            )
+    elif args.allow_uri:
+        parser.error("--allow-uri needs --tls-cert, --tls-key and --tls-ca")
+    if args.token is not None and len(args.token) < 16:
+        parser.error("--token must be at least 16 characters (as the sidecar's [service] token)")
     try:
         import uvloop
     except ImportError:  # uvloop is a dependency; stay usable without it all the same
@@ -359,5 +485,7 @@ def main(services: Sequence[ServiceDef], argv: Sequence[str] | None = None) -> N
             args.seed,
             args.size,
             args.abort_rate,
+            tls=tls,
+            token=args.token,
         )
     )

@@ -7,30 +7,47 @@ import asyncio
 import logging
 import signal
 import sqlite3
+import ssl
 import sys
 
 from aiohttp import web
 
 from accompanist_py.errors import ChoreographyError, ConfigError
-from accompanist_py.sidecar.app import build_node, make_app
-from accompanist_py.sidecar.config import load
+from accompanist_py.sidecar.app import Access, build_node, make_app
+from accompanist_py.sidecar.config import SidecarConfig, load
+from accompanist_py.sidecar.listener import GuardedSite
+
+log = logging.getLogger("accompanist.sidecar")
 
 
 async def serve(config_path: str) -> None:
     config = load(config_path)
     node = build_node(config)
-    runner = web.AppRunner(make_app(node), access_log=None, handle_signals=False)
+    # Requests still open at shutdown are clients waiting for a session: they get a 503
+    # at once (the node answers them), so a short grace is plenty.
+    runner = web.AppRunner(
+        make_app(node, Access.of(config), config.limits),
+        access_log=None,
+        handle_signals=False,
+        keepalive_timeout=config.limits.idle_s,
+        shutdown_timeout=5.0,
+    )
     await runner.setup()
     try:
-        # Requests still open at shutdown are clients waiting for a session: they get a 503
-        # at once (the node answers them), so a short grace is plenty.
-        site = web.TCPSite(
-            runner, config.host, config.port, reuse_address=True, shutdown_timeout=5.0
+        site = GuardedSite(
+            runner, config.host, config.port, config.limits, ssl_context=_server_context(config)
         )
         await site.start()
+        if config.tls is None:
+            log.warning(
+                "sidecar %s: PLAINTEXT on %s, peers and clients are not authenticated; "
+                "for development only (set [tls] to deploy)",
+                config.name,
+                config.host,
+            )
         # Listening now: tell the peers again, so that their resends are not refused.
         await node.transport.announce_ready()
-        logging.getLogger("accompanist.sidecar").info(
+        log.info(
             "sidecar %s (%s) listening on %s:%d, mode %s",
             config.name,
             ", ".join(config.roles),
@@ -45,6 +62,14 @@ async def serve(config_path: str) -> None:
         await stop.wait()
     finally:
         await runner.cleanup()  # graceful: stops accepting, closes the node and its store
+
+
+def _server_context(config: SidecarConfig) -> ssl.SSLContext | None:
+    if config.tls is None:
+        return None
+    # Token clients come without a certificate: then one is optional at the TLS layer, and
+    # the peer routes refuse a connection that has none (see Access.peer).
+    return config.tls.server_context(require_client_cert=not config.tokens)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,17 +1,26 @@
-"""The sidecar's HTTP API around one node.
+"""The sidecar's HTTP API around one node, and who may call what.
 
-POST /sessions/{choreography}   start (or join, by session_id) a session; waits by default
-GET  /sessions/{session_id}     state, result and restart count
-POST /messages                  peer messages (msgpack batch); 200 = durably received
-GET  /stream                    the same over one WebSocket per peer (stream transport)
-POST /ready                     a peer (re)started: resend to it now
-GET  /health, GET /metrics      liveness, Prometheus text
+POST /sessions/{choreography}   client: start (or join, by session_id) a session
+GET  /sessions/{session_id}     client: state, result and restart count
+POST /messages                  peer: messages (msgpack batch); 200 = durably received
+GET  /stream                    peer: the same over one WebSocket (stream transport)
+POST /ready                     peer: it (re)started, resend to it now
+GET  /health, GET /metrics      anyone: liveness, Prometheus text
+
+With TLS, a peer route needs a sidecar certificate of the deployment CA, and each message is
+taken only if its sender is a role the certificate names. A client route needs a client
+certificate or a bearer token from [auth] (compared in constant time) whenever TLS is on or
+tokens are configured: 401 otherwise, and nothing stored. A session belongs to the client
+that started it: to any other it does not exist (404).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
+import ssl
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
@@ -19,16 +28,77 @@ from aiohttp import web
 
 from accompanist_py import failpoints
 from accompanist_py.choreography import Registry
-from accompanist_py.errors import ChoreographyError
+from accompanist_py.errors import ChoreographyError, Overloaded
 from accompanist_py.message import decode_batch
 from accompanist_py.node import Node, NodeStopping
 from accompanist_py.service import HttpServiceClient
-from accompanist_py.sidecar.config import SidecarConfig
+from accompanist_py.sidecar.config import Limits, ServiceCredentials, SidecarConfig
 from accompanist_py.store import MemoryStore, SQLiteStore
+from accompanist_py.tls import DEFAULT_TRUST_DOMAIN, identity_of_transport
 from accompanist_py.transport.http import HttpTransport
 from accompanist_py.transport.stream import STREAM_PATH, StreamTransport, serve_stream
 
+
+@dataclass(frozen=True)
+class Access:
+    """Who may call the sidecar: see the module docstring.
+
+    `peers_certified`: peer routes need a sidecar certificate (TLS is on). `clients`: client
+    routes need a client certificate or one of `tokens` (client name -> token).
+    """
+
+    peers_certified: bool = False
+    clients: bool = False
+    tokens: dict[str, str] = field(default_factory=dict)
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+
+    @classmethod
+    def of(cls, config: SidecarConfig) -> Access:
+        tls = config.tls
+        return cls(
+            peers_certified=tls is not None,
+            clients=config.authenticates_clients,
+            tokens=dict(config.tokens),
+            trust_domain=tls.trust_domain if tls is not None else DEFAULT_TRUST_DOMAIN,
+        )
+
+    def peer(self, request: web.Request) -> frozenset[str] | None:
+        """The roles the calling sidecar is certified for (None: not checked, plaintext)."""
+        if not self.peers_certified:
+            return None
+        identity = identity_of_transport(request.transport, self.trust_domain)
+        if identity is None or not identity.is_peer:
+            raise web.HTTPUnauthorized(
+                text=json.dumps({"error": "peer routes need a sidecar certificate naming roles"}),
+                content_type="application/json",
+            )
+        return identity.roles
+
+    def client(self, request: web.Request) -> str | None:
+        """The authenticated client's name (None when clients are not authenticated)."""
+        if not self.clients:
+            return None
+        identity = identity_of_transport(request.transport, self.trust_domain)
+        if identity is not None and identity.client is not None:
+            return identity.client
+        scheme, _, offered = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and offered:
+            found = None
+            for name, token in self.tokens.items():  # every one compared: constant time
+                if hmac.compare_digest(offered.encode(), token.encode()):
+                    found = name
+            if found is not None:
+                return found
+        raise web.HTTPUnauthorized(
+            text=json.dumps({"error": "a client certificate or a bearer token is required"}),
+            content_type="application/json",
+            headers={"WWW-Authenticate": 'Bearer realm="accompanist"'},
+        )
+
+
 NODE = web.AppKey("node", Node)
+ACCESS = web.AppKey("access", Access)
+LIMITS = web.AppKey("limits", Limits)
 STREAMS = web.AppKey("streams", set)  # open peer streams, closed at shutdown
 
 
@@ -49,15 +119,14 @@ def build_node(config: SidecarConfig) -> Node:
             attempt_timeout_s=config.service_call_s,
             deadline_s=config.service_deadline_s,
             backoff=config.node.backoff,
+            ssl_context=_service_context(config.service),
+            token=config.service.token,
         )
         if config.service_url
         else None
     )
-    transport = (
-        StreamTransport(config.name, config.peers)
-        if config.transport == "stream"
-        else HttpTransport(config.name, config.peers)
-    )
+    kind = StreamTransport if config.transport == "stream" else HttpTransport
+    transport = kind(config.name, config.peers, tls=config.tls)
     return Node(
         config.name,
         config.roles,
@@ -69,12 +138,29 @@ def build_node(config: SidecarConfig) -> Node:
     )
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+def _service_context(creds: ServiceCredentials) -> ssl.SSLContext | None:
+    """Verifies the service against its CA (host names as usual) and presents our cert."""
+    if creds.ca is None and creds.cert is None:
+        return None
+    ctx = ssl.create_default_context(cafile=str(creds.ca) if creds.ca else None)
+    if creds.cert is not None and creds.key is not None:
+        ctx.load_cert_chain(str(creds.cert), str(creds.key))
+    return ctx
+
+
+def _error(status: int, message: str, **headers: str) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers or None)
+
+
+def _busy(exc: Overloaded) -> web.Response:
+    return _error(
+        503, f"not taking new sessions now: {exc}", **{"Retry-After": str(exc.retry_after_s)}
+    )
 
 
 async def start_session(request: web.Request) -> web.Response:
     node = request.app[NODE]
+    owner = request.app[ACCESS].client(request)
     try:
         body: dict[str, Any] = await request.json() if request.can_read_body else {}
     except json.JSONDecodeError as exc:
@@ -94,48 +180,70 @@ async def start_session(request: web.Request) -> web.Response:
             kwargs,
             session_id=sid,
             wait=bool(body.get("wait", True)),
+            owner=owner,
         )
     except ChoreographyError as exc:
-        return _error(404 if "unknown choreography" in str(exc) else 400, str(exc))
+        text = str(exc)
+        if "belongs to another client" in text:
+            return _error(404, f"unknown session {sid!r}")
+        return _error(404 if "unknown choreography" in text else 400, text)
+    except Overloaded as exc:
+        return _busy(exc)
     except NodeStopping as exc:
         return _error(503, f"{exc}; the session resumes after the restart: start it again")
     return web.json_response(status.to_json(), status=200 if status.finished else 202)
 
 
 async def session_status(request: web.Request) -> web.Response:
+    owner = request.app[ACCESS].client(request)
     try:
-        status = request.app[NODE].status(request.match_info["session_id"])
+        status = request.app[NODE].status(request.match_info["session_id"], owner=owner)
     except KeyError:
         return _error(404, f"unknown session {request.match_info['session_id']!r}")
     return web.json_response(status.to_json())
 
 
 async def messages(request: web.Request) -> web.Response:
+    peer = request.app[ACCESS].peer(request)
     try:
         batch = decode_batch(await request.read())
+        refused = await request.app[NODE].deliver(batch, peer)
     except ValueError as exc:
         return _error(400, str(exc))
-    refused = await request.app[NODE].deliver(batch)
+    except Overloaded as exc:
+        return _busy(exc)
     return web.Response(body=msgpack.packb(refused), content_type="application/msgpack")
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
+    peer = request.app[ACCESS].peer(request)
+    node, limits = request.app[NODE], request.app[LIMITS]
     streams = request.app[STREAMS]
     task = asyncio.current_task()
     assert task is not None
     streams.add(task)
     try:
-        return await serve_stream(request, request.app[NODE].deliver)
+        return await serve_stream(
+            request,
+            lambda batch: node.deliver(batch, peer),
+            max_frame_bytes=limits.max_frame_bytes,
+            max_frames_in_flight=limits.max_frames_in_flight,
+        )
     finally:
         streams.discard(task)
 
 
 async def ready(request: web.Request) -> web.Response:
+    peer = request.app[ACCESS].peer(request)
     try:
         body = await request.json()
-        roles = [str(r) for r in body["roles"]]
+        roles = body["roles"]
+        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+            raise TypeError
     except (ValueError, KeyError, TypeError):
         return _error(400, "expected {'sidecar': name, 'roles': [...]}")
+    if peer is not None and not set(roles) <= peer:
+        return _error(403, f"the certificate names role(s) {sorted(peer)}, not all of {roles}")
     request.app[NODE].on_peer_ready(roles)
     return web.Response(status=200)
 
@@ -160,10 +268,19 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(text=request.app[NODE].metrics.render(), content_type="text/plain")
 
 
-def make_app(node: Node) -> web.Application:
-    """The aiohttp application serving `node` (started and closed with the app)."""
-    app = web.Application(client_max_size=64 * 1024 * 1024)
+def make_app(
+    node: Node, access: Access | None = None, limits: Limits | None = None
+) -> web.Application:
+    """The aiohttp application serving `node` (started and closed with the app).
+
+    Without `access`, nobody is authenticated: for tests and development on loopback only
+    (the sidecar's entry point always passes its config's).
+    """
+    limits = limits or Limits()
+    app = web.Application(client_max_size=limits.max_body_bytes)
     app[NODE] = node
+    app[ACCESS] = access or Access()
+    app[LIMITS] = limits
     app[STREAMS] = set()
 
     async def stop(app: web.Application) -> None:

@@ -44,6 +44,7 @@ class SessionRecord:
     restarts: int = 0
     created: float = field(default_factory=time.time)
     updated: float = field(default_factory=time.time)
+    owner: str | None = None  # the authenticated client that started it (at the initiator)
 
     @property
     def finished(self) -> bool:
@@ -117,7 +118,7 @@ class MemoryStore:
             self._finished.append(key)
         self.sessions[key] = rec
         return self._persist(
-            "INSERT INTO sessions VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(session_id, role) DO "
+            "INSERT INTO sessions VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT(session_id, role) DO "
             "UPDATE SET state=excluded.state, result=excluded.result, "
             "restarts=excluded.restarts, updated=excluded.updated",
             (
@@ -130,6 +131,7 @@ class MemoryStore:
                 rec.restarts,
                 rec.created,
                 rec.updated,
+                rec.owner,
             ),
         )
 
@@ -297,6 +299,10 @@ class MemoryStore:
     async def flush(self) -> None:
         """Wait until every write issued so far is durable."""
         await asyncio.sleep(0)
+
+    def backlog(self) -> int:
+        """Writes issued and not yet durable (admission control keeps this bounded)."""
+        return 0
 
 
 def _pack_headers(headers: dict) -> bytes:

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
     session_id TEXT, role TEXT, choreography TEXT, state TEXT, args BLOB, result BLOB,
-    restarts INTEGER, created REAL, updated REAL, PRIMARY KEY (session_id, role));
+    restarts INTEGER, created REAL, updated REAL, owner TEXT, PRIMARY KEY (session_id, role));
 CREATE INDEX IF NOT EXISTS sessions_state ON sessions (state, updated);
 CREATE TABLE IF NOT EXISTS inbox (
     session_id TEXT, receiver TEXT, sender TEXT, seq INTEGER, choreography TEXT, kind TEXT,
@@ -157,6 +157,9 @@ class SQLiteStore(MemoryStore):
         the node: its session is quarantined with the reason, and the node reports it.
         """
         conn.executescript(_SCHEMA)
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(sessions)")}
+        if "owner" not in columns:  # a file from before clients were authenticated
+            conn.execute("ALTER TABLE sessions ADD COLUMN owner TEXT")
         for row in conn.execute("SELECT * FROM sessions"):
             try:
                 rec = SessionRecord(*row)
@@ -299,6 +302,9 @@ class SQLiteStore(MemoryStore):
 
     async def flush(self) -> None:
         await self._persist("SELECT 1", None)  # type: ignore[arg-type]
+
+    def backlog(self) -> int:
+        return self._queue.qsize()
 
     def _prune_durable(self, working_cutoff: float, record_cutoff: float) -> None:
         if self._prune_jobs.empty():  # one pass at a time is enough

@@ -10,6 +10,7 @@ import asyncio
 import random
 from dataclasses import dataclass
 
+from accompanist_py.errors import Overloaded
 from accompanist_py.message import Message
 from accompanist_py.transport import Deliver, DeliveryFailed, OnReady, Refusals
 
@@ -42,7 +43,10 @@ class MemoryNetwork:
         f = self.faults
         if f.max_delay_s:
             await asyncio.sleep(self._rng.uniform(0, f.max_delay_s))
-        refused = await target[0](batch)
+        try:
+            refused = await target[0](batch)
+        except Overloaded as exc:
+            raise DeliveryFailed(f"{receiver} is full: {exc}") from exc
         if f.duplicate and self._rng.random() < f.duplicate:
             await target[0](list(batch))
         if f.lose_ack and self._rng.random() < f.lose_ack:

@@ -6,7 +6,9 @@ connection on the same aiohttp server) to each peer; a batch is one binary frame
 `[batch_id, messages]`, and the peer answers with a frame `[batch_id, refused]` once the batch is
 durable (`refused` lists the messages it refused for good), or `[batch_id, error]` if it refuses
 the whole batch; a batch it cannot handle at all closes the connection (sent again later).
-Many batches are in flight at once.
+Many batches are in flight at once, up to the receiver's `max_frames_in_flight`: beyond it
+the receiver stops reading, and TCP pushes back. A receiver that is full (admission control)
+answers `[batch_id, {"retry": reason}]`: nothing was stored, the sender tries again later.
 A broken connection fails every batch in flight as retryable; the outbox resends them, and the
 receiver drops whatever it already had. `python -m bench.microbench` compares both transports.
 """
@@ -22,13 +24,16 @@ import aiohttp
 import msgpack
 from aiohttp import web
 
+from accompanist_py.errors import Overloaded
 from accompanist_py.message import Message, messages_from_rows
+from accompanist_py.tls import TLSFiles
 from accompanist_py.transport import Deliver, DeliveryFailed, MessageRejected, Refusals
 from accompanist_py.transport.http import HttpTransport
 
 log = logging.getLogger(__name__)
 
 STREAM_PATH = "/stream"
+_MAX_ACK_BYTES = 4 * 1024 * 1024  # an acknowledgement lists refusals: small, but bounded
 
 
 class _Link:
@@ -46,8 +51,15 @@ class _Link:
 class StreamTransport(HttpTransport):
     """Sends over one WebSocket per peer; `/ready` and the receiving endpoint as in HTTP."""
 
-    def __init__(self, name: str, peers: dict[str, str], *, timeout_s: float = 10.0) -> None:
-        super().__init__(name, peers, timeout_s=timeout_s)
+    def __init__(
+        self,
+        name: str,
+        peers: dict[str, str],
+        *,
+        timeout_s: float = 10.0,
+        tls: TLSFiles | None = None,
+    ) -> None:
+        super().__init__(name, peers, timeout_s=timeout_s, tls=tls)
         self._links: dict[str, _Link] = {}  # by peer URL: roles of one sidecar share a link
         self._ids = itertools.count()
         self._ack_timeout = timeout_s
@@ -62,7 +74,11 @@ class StreamTransport(HttpTransport):
                 assert self._session is not None, "transport not started"
                 try:
                     link.ws = await self._session.ws_connect(
-                        url + STREAM_PATH, heartbeat=5.0, max_msg_size=0, compress=0
+                        url + STREAM_PATH,
+                        heartbeat=5.0,
+                        max_msg_size=_MAX_ACK_BYTES,
+                        compress=0,
+                        **self._tls_for(receiver),
                     )
                 except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                     raise DeliveryFailed(f"{url}{STREAM_PATH}: {exc}") from exc
@@ -86,6 +102,8 @@ class StreamTransport(HttpTransport):
                     continue
                 if isinstance(answer, list):
                     fut.set_result([tuple(r) for r in answer])
+                elif isinstance(answer, dict):
+                    fut.set_exception(DeliveryFailed(f"{url} is full: {answer.get('retry')}"))
                 else:
                     fut.set_exception(MessageRejected(f"{url} refused the batch: {answer}"))
         except Exception:  # a frame we cannot read: drop this connection, resend on a new one
@@ -124,11 +142,22 @@ class StreamTransport(HttpTransport):
         await super().close()
 
 
-async def serve_stream(request: web.Request, deliver: Deliver) -> web.WebSocketResponse:
-    """The receiving end: deliver each batch, acknowledge it once durable."""
-    ws = web.WebSocketResponse(max_msg_size=0, compress=False, heartbeat=5.0)
+async def serve_stream(
+    request: web.Request,
+    deliver: Deliver,
+    *,
+    max_frame_bytes: int = 8 * 1024 * 1024,
+    max_frames_in_flight: int = 64,
+) -> web.WebSocketResponse:
+    """The receiving end: deliver each batch, acknowledge it once durable.
+
+    A frame over `max_frame_bytes` closes the connection (1009); with `max_frames_in_flight`
+    batches not yet acknowledged, the next frame is not read until one is.
+    """
+    ws = web.WebSocketResponse(max_msg_size=max_frame_bytes, compress=False, heartbeat=5.0)
     await ws.prepare(request)
     tasks: set[asyncio.Task[None]] = set()
+    room = asyncio.Semaphore(max_frames_in_flight)
 
     async def handle(data: bytes) -> None:
         try:
@@ -137,11 +166,13 @@ async def serve_stream(request: web.Request, deliver: Deliver) -> web.WebSocketR
             log.error("malformed stream frame: %s", exc)
             await ws.close()
             return
-        answer: Refusals | str
+        answer: Refusals | str | dict[str, str]
         try:
             answer = await deliver(messages_from_rows(rows))
         except ValueError as exc:  # the batch itself is malformed
             answer = str(exc)
+        except Overloaded as exc:
+            answer = {"retry": str(exc)}
         except Exception:  # not the sender's fault: no ack, the connection goes, it resends
             log.exception("delivering a batch failed")
             await ws.close()
@@ -151,9 +182,11 @@ async def serve_stream(request: web.Request, deliver: Deliver) -> web.WebSocketR
 
     async for frame in ws:
         if frame.type is aiohttp.WSMsgType.BINARY:
+            await room.acquire()  # backpressure: the next frame waits for an acknowledgement
             task = asyncio.create_task(handle(frame.data))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
+            task.add_done_callback(lambda _: room.release())
     await asyncio.gather(*tasks, return_exceptions=True)
     return ws
 

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -23,6 +24,8 @@ from typing import Any
 
 import aiohttp
 
+from accompanist_py import certs
+from accompanist_py.tls import TLSFiles
 from workloads.launch import free_port
 
 RUNTIME_TESTS = Path(__file__).resolve().parent
@@ -114,9 +117,9 @@ def _toml(value: Any) -> str:
     return str(value)
 
 
-def _healthy(url: str) -> bool:
+def _healthy(url: str, context: ssl.SSLContext | None = None) -> bool:
     try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+        with urllib.request.urlopen(f"{url}/health", timeout=2, context=context) as resp:
             return resp.status == 200
     except OSError:
         return False
@@ -136,9 +139,24 @@ class Cluster:
         modes: dict[str, str] | None = None,
         settings: dict[str, Any] | None = None,
         limits: dict[str, int] | None = None,
+        tls: bool = False,
+        tokens: dict[str, str] | None = None,
     ) -> None:
         self.dir = dirpath
         self.dir.mkdir(parents=True, exist_ok=True)
+        # With `tls`: one CA for the cluster, a certificate per sidecar and one for the test
+        # as client "tester" (`client_files`); `tokens` go into every sidecar's [auth].
+        self.tls = tls
+        self.tokens = dict(tokens or {})
+        self.certs = self.dir / "certs"
+        if tls:
+            ca, ca_key = certs.make_ca(self.certs)
+            for r in ROLES:
+                certs.sidecar_certificate(ca, ca_key, self.certs, r, [r])
+            cert, key = certs.client_certificate(ca, ca_key, self.certs, "tester")
+            self.client_files: TLSFiles | None = TLSFiles(ca, cert, key)
+        else:
+            self.client_files = None
         self.receive_s = receive_s
         self.transport = transport  # None: the sidecar's default
         # Optional extras, all read again by every (re)launch, so a test may change them
@@ -156,7 +174,17 @@ class Cluster:
 
     # -- addresses ---------------------------------------------------------------------------
     def sidecar_url(self, role: str) -> str:
-        return f"http://127.0.0.1:{self.sidecar_ports[role]}"
+        scheme = "https" if self.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.sidecar_ports[role]}"
+
+    def client_context(self) -> ssl.SSLContext | None:
+        """What a test presents to the sidecars: the CA, and the "tester" client certificate."""
+        return self.client_files.client_context() if self.client_files is not None else None
+
+    def http(self) -> aiohttp.ClientSession:
+        """A client session that can reach the sidecars (with TLS: as client "tester")."""
+        ctx = self.client_context()
+        return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx or True))
 
     def service_url(self, role: str) -> str:
         return f"http://127.0.0.1:{self.service_ports[role]}"
@@ -193,6 +221,15 @@ path = "sidecar-{role}.db"
             text = f'transport = "{self.transport}"\n' + text
         if self.limits:
             text += "\n[limits]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in self.limits.items())
+        if self.tls:
+            text += (
+                f'\n[tls]\nca = "{self.certs / "ca.pem"}"\n'
+                f'cert = "{self.certs / f"sidecar-{role}.pem"}"\n'
+                f'key = "{self.certs / f"sidecar-{role}-key.pem"}"\n'
+            )
+        if self.tokens:
+            tokens = ", ".join(f'{k} = "{v}"' for k, v in self.tokens.items())
+            text += f"\n[auth]\ntokens = {{ {tokens} }}\n"
         if failpoints:
             text += "\n[failpoints]\n" + "".join(f"{p} = {n}\n" for p, n in failpoints.items())
         return text
@@ -242,7 +279,7 @@ path = "sidecar-{role}.db"
             for url, proc in list(waiting.items()):
                 if not proc.alive():
                     raise RuntimeError(f"{proc.name} exited with {proc.returncode}\n{proc.tail()}")
-                if _healthy(url):
+                if _healthy(url, self.client_context() if url.startswith("https") else None):
                     del waiting[url]
             if waiting and time.monotonic() > deadline:
                 raise TimeoutError(f"not healthy after {STARTUP_S}s: {sorted(waiting)}")
@@ -254,7 +291,8 @@ path = "sidecar-{role}.db"
         while True:
             if not proc.alive():
                 raise RuntimeError(f"{proc.name} exited with {proc.returncode}\n{proc.tail()}")
-            if await asyncio.to_thread(_healthy, url):
+            ctx = self.client_context() if url.startswith("https") else None
+            if await asyncio.to_thread(_healthy, url, ctx):
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{proc.name} not healthy after {STARTUP_S}s\n{proc.tail()}")

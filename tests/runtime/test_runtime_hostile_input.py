@@ -790,7 +790,10 @@ async def test_a_vote_naming_a_role_that_never_runs_aborts_at_the_decision_deadl
         )
         assert rig.node.status("stuck", "a").state in ("compensated", "failed")
         assert rig.service.ops() == {"hold": 1, "undo_hold": 1}
-        decisions = rig.wire.bodies("stuck", "a", "b", DECISION)
+        # The decision left before the compensation; the outbox may still be sending it.
+        decisions = await until(
+            lambda: rig.wire.bodies("stuck", "a", "b", DECISION), "the decision sent to b"
+        )
         assert decisions and all(d["outcome"] == "abort" for d in decisions), decisions
 
 
