@@ -11,13 +11,15 @@ A sidecar's certificate serves both ways: it proves the roles it hosts to the pe
 and to the peers that call it. A receiver reads the caller's role URIs and takes a message
 only from a connection certified for its sender. A sender checks, inside the TLS handshake
 and before any byte of a message leaves, that the receiver is certified for the receiving
-role: the certificate also names each role as the DNS name `<role>.role.<trust domain>`
+role: the certificate also names each role as a DNS name under `role.<trust domain>`
 (`role_host`), and the sender asks for that name (SNI and host-name verification), whatever
 address the peer listens on. `python -m accompanist_py.certs` makes the CA and certificates.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -33,8 +35,15 @@ def role_uri(role: str, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> str:
 
 
 def role_host(role: str, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> str:
-    """The DNS name a sender verifies when it connects to the sidecar hosting `role`."""
-    return f"{role}.role.{trust_domain}"
+    """The DNS name a sender verifies when it connects to the sidecar hosting `role`.
+
+    DNS names match without regard to case and allow few characters, role names do not: the
+    name is a readable slug of the role plus a digest of its exact spelling, so that roles
+    `Pay` and `pay` (or `a_b` and `a-b`) never share one.
+    """
+    slug = re.sub(r"[^a-z0-9]+", "-", role.lower()).strip("-")[:40] or "role"
+    digest = hashlib.sha256(role.encode()).hexdigest()[:12]
+    return f"{slug}-{digest}.role.{trust_domain}"
 
 
 def sidecar_uri(name: str, trust_domain: str = DEFAULT_TRUST_DOMAIN) -> str:
