@@ -51,16 +51,24 @@ class Histogram:
 
 
 class Gauge:
-    """A value read when rendered."""
+    """A value read when rendered; with `label`, `read` gives {label value: value}."""
 
-    def __init__(self, name: str, help_text: str, read: Callable[[], float]) -> None:
-        self.name, self.help, self.read = name, help_text, read
+    def __init__(
+        self,
+        name: str,
+        help_text: str,
+        read: Callable[[], float] | Callable[[], dict[str, float]],
+        label: str | None = None,
+    ) -> None:
+        self.name, self.help, self.read, self.label = name, help_text, read, label
 
     def render(self) -> list[str]:
-        return [
-            f"# HELP {self.name} {self.help}",
-            f"# TYPE {self.name} gauge",
-            f"{self.name} {self.read()}",
+        head = [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} gauge"]
+        if self.label is None:
+            return [*head, f"{self.name} {self.read()}"]
+        values: dict[str, float] = self.read()  # type: ignore[assignment]
+        return head + [
+            f'{self.name}{{{self.label}="{key}"}} {value}' for key, value in sorted(values.items())
         ]
 
 
@@ -94,6 +102,10 @@ class NodeMetrics:
         self.service_calls = Counter(f"{p}_service_calls_total", "Calls to the local service.")
         self.compensation_retries = Counter(
             f"{p}_compensation_retries_total", "Compensation calls that failed and were retried."
+        )
+        self.sessions_refused = Counter(
+            f"{p}_sessions_refused_total",
+            "New sessions refused by admission control (a client's 503, a peer's retry).",
         )
         self.sessions_broken = Counter(
             f"{p}_sessions_broken_total", "Sessions ended by an internal error of the runtime."

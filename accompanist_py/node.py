@@ -178,6 +178,12 @@ class Node:
                 self.store.outbox_size,
             ),
             Gauge(
+                "accompanist_outbox_waiting",
+                "Messages queued for a receiving role (an unreachable peer's grow).",
+                self.outbox.waiting,
+                label="peer",
+            ),
+            Gauge(
                 "accompanist_sessions_quarantined",
                 "Sessions set aside because the store could not rebuild them.",
                 lambda: len(self.store.quarantined),
@@ -312,6 +318,7 @@ class Node:
         if rec is None:
             full = self.overloaded()
             if full is not None:
+                self.metrics.sessions_refused.inc()
                 raise Overloaded(full)
             rec = SessionRecord(
                 sid,
@@ -553,6 +560,7 @@ class Node:
             )
         full = self.overloaded()
         if full is not None and any(self._would_start(m) for m in batch):
+            self.metrics.sessions_refused.inc()
             raise Overloaded(full)
         refused: list[tuple[int, str]] = []
         accepted: list[tuple[int, list[Awaitable[None]]]] = []

@@ -13,6 +13,7 @@ import sys
 from aiohttp import web
 
 from accompanist_py.errors import ChoreographyError, ConfigError
+from accompanist_py.metrics import Gauge
 from accompanist_py.sidecar.app import Access, build_node, make_app
 from accompanist_py.sidecar.config import SidecarConfig, load
 from accompanist_py.sidecar.listener import GuardedSite
@@ -38,6 +39,13 @@ async def serve(config_path: str) -> None:
             runner, config.host, config.port, config.limits, ssl_context=_server_context(config)
         )
         await site.start()
+        node.metrics.gauges.append(
+            Gauge(
+                "accompanist_connections_refused",
+                "Connections closed at accept for a limit, or for not sending a request in time.",
+                lambda: site.gate.refused,
+            )
+        )
         if config.tls is None:
             log.warning(
                 "sidecar %s: PLAINTEXT on %s, peers and clients are not authenticated; "

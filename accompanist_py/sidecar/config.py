@@ -280,6 +280,11 @@ def parse(raw: dict[str, Any], where: str = "config", base: Path | None = None) 
         deadline_s = _number(t, "service_deadline_s", 300.0)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
+    if node.max_batch_received < node.max_batch:
+        raise ConfigError(
+            f"{where}: [limits] max_batch must be at least {node.max_batch}, the batch a "
+            "sidecar sends: a peer's full batch would be refused for good"
+        )
     if limits.max_body_bytes < node.max_payload_bytes or (
         limits.max_frame_bytes < node.max_payload_bytes
     ):

@@ -105,3 +105,31 @@ async def test_pruning_deletes_old_and_orphaned_rows_on_the_idle_writer(tmp_path
 def test_settings_that_would_let_a_tombstone_die_too_early_are_refused(settings, why):
     with pytest.raises(ValueError, match=why):
         NodeConfig(**settings)
+
+
+async def test_a_store_file_from_before_session_owners_opens_and_keeps_its_sessions(tmp_path):
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:  # the sessions table as it was: no owner column
+        conn.execute(
+            "CREATE TABLE sessions (session_id TEXT, role TEXT, choreography TEXT, state TEXT, "
+            "args BLOB, result BLOB, restarts INTEGER, created REAL, updated REAL, "
+            "PRIMARY KEY (session_id, role))"
+        )
+        conn.execute(
+            "INSERT INTO sessions VALUES ('old', 'a', 'saga', 'running', NULL, NULL, 0, 1, 1)"
+        )
+    store = SQLiteStore(path)
+    await store.open()
+    try:
+        assert store.session("old", "a").owner is None
+        rec = SessionRecord("new", "a", "saga", owner="gateway")
+        await store.save_session(rec)
+    finally:
+        await store.close()
+    reopened = SQLiteStore(path)
+    await reopened.open()
+    try:
+        assert reopened.session("new", "a").owner == "gateway"
+        assert reopened.session("old", "a").state == "running"
+    finally:
+        await reopened.close()
