@@ -92,6 +92,7 @@ class Message:
 
 
 INT64_MAX = 2**63 - 1
+MAX_TIME_S = 2**53  # seconds since the epoch: exact as a double, far beyond any real clock
 MAX_NAME = 128  # choreography, session and role names
 MAX_CHOICES = 1024
 HEADER_KEYS = frozenset({"c", "t"})  # choices known to the sender; the session's start time
@@ -135,8 +136,11 @@ def _check_headers(headers: Any, max_payload_bytes: int) -> None:
             raise ValueError(f"headers: choice {cid!r} in 'c' must be bytes")
     if "t" in headers:
         t = headers["t"]
-        if type(t) not in (int, float) or not math.isfinite(t):
-            raise ValueError("headers: 't' (the session's start time) must be a finite number")
+        # Bounded so that every store keeps it exactly (SQLite's integers end at 2**63).
+        if type(t) not in (int, float) or not (math.isfinite(t) and 0 <= t <= MAX_TIME_S):
+            raise ValueError(
+                f"headers: 't' (the session's start time) must be a number in [0, {MAX_TIME_S}]"
+            )
 
 
 def control_body(msg: Message) -> dict[str, Any]:
