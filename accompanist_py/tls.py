@@ -128,18 +128,33 @@ class TLSFiles:
         return ctx
 
     def client_context(self) -> ssl.SSLContext:
-        """For calling out: verifies the server against the CA and the name asked for, and
-        presents our certificate. A sidecar asks for `role_host(receiver)`."""
-        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.ca))
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(str(self.cert), str(self.key))
-        return ctx
+        """For calling out with our certificate: see `client_context`. A sidecar asks its
+        peers for `role_host(receiver)`."""
+        return client_context(self.ca, self.cert, self.key)
+
+
+def client_context(
+    ca: Path | None, cert: Path | None = None, key: Path | None = None
+) -> ssl.SSLContext:
+    """For calling out: verifies the server against `ca` (the system's roots if None) and the
+    host name asked for, and presents `cert` if given (a token client presents none).
+
+    Host names stay checked for every caller: a deployment's certificates name the hosts they
+    serve on (loopback ones by default), so a certificate the CA issued to someone else for
+    another host does not pass for the server.
+    """
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca) if ca else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert is not None:
+        ctx.load_cert_chain(str(cert), str(key) if key is not None else None)
+    return ctx
 
 
 __all__ = [
     "DEFAULT_TRUST_DOMAIN",
     "Identity",
     "TLSFiles",
+    "client_context",
     "client_uri",
     "identity_of",
     "identity_of_transport",

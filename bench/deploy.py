@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -45,9 +46,10 @@ class DeployError(RuntimeError):
 class ProcessSpec:
     """How to run one named process.
 
-    ``env`` is laid over the harness's environment. Readiness is ``health_url`` answering 200,
-    else every one of ``ports`` accepting TCP (e.g. a latency proxy hosting many links), else
-    just being alive. ``ports`` are checked to be free after teardown.
+    ``env`` is laid over the harness's environment. Readiness is ``health_url`` answering 200
+    (an ``https://`` one through ``health_tls``, the harness's client certificate), else every
+    one of ``ports`` accepting TCP (e.g. a latency proxy hosting many links), else just being
+    alive. ``ports`` are checked to be free after teardown.
     """
 
     name: str
@@ -55,6 +57,7 @@ class ProcessSpec:
     env: Mapping[str, str] = field(default_factory=dict)
     cwd: Path | None = None
     health_url: str | None = None
+    health_tls: ssl.SSLContext | None = None
     ports: Sequence[int] = ()
     startup_timeout_s: float = 60.0
     stop_grace_s: float = 5.0
@@ -208,7 +211,9 @@ class Supervisor:
     def _ready(spec: ProcessSpec) -> bool:
         if spec.health_url:
             try:
-                with urllib.request.urlopen(spec.health_url, timeout=1.0) as resp:
+                with urllib.request.urlopen(
+                    spec.health_url, timeout=1.0, context=spec.health_tls
+                ) as resp:
                     return resp.status == 200
             except (urllib.error.URLError, OSError):
                 return False

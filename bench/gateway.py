@@ -14,6 +14,13 @@ Behind it sits one backend:
 Both backends retry through a restart of what they talk to (sidecar or Temporal server), up to
 `--deadline-s`, since the harness crashes those on purpose.
 
+With `--tls-ca` (and `--tls-cert`/`--tls-key`, the gateway's client certificate) the gateway
+calls over HTTPS what it calls over HTTP: the initiator sidecar, or the services its
+temporal-tuned worker calls. `--token-file` sends the token in it as `Authorization: Bearer`
+to the sidecar instead of (or besides) a certificate. The Temporal frontend is reached in
+plaintext: the dev server cannot serve TLS (baselines/temporal/README.md). Locust reaches the
+gateway itself in plaintext, for every system alike.
+
     python -m bench.gateway --system accompanist --workload warehouse --port 8080 \
         --sidecar http://127.0.0.1:7001
     python -m bench.gateway --system temporal-tuned --workload warehouse --port 8080 \
@@ -29,13 +36,17 @@ import asyncio
 import contextlib
 import json
 import signal
+import ssl
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
+
+from accompanist_py.tls import client_context
 
 SYSTEMS = ("accompanist", "temporal-distributed", "temporal-tuned")
 OUTCOMES = ("committed", "compensated", "rejected")
@@ -56,6 +67,17 @@ class GatewayConfig:
     temporal: str = "127.0.0.1:7233"
     namespace: str = "default"
     service_urls: dict[str, str] = field(default_factory=dict)
+    tls_ca: Path | None = None  # the CA of the sidecar's (or the services') certificates
+    tls_cert: Path | None = None  # the gateway's client certificate and key
+    tls_key: Path | None = None
+    token: str | None = None  # bearer token for the sidecar
+
+    def client_tls(self) -> ssl.SSLContext | None:
+        """The context the gateway's HTTPS calls use, or None for plaintext."""
+        if self.tls_ca is None:
+            return None
+        # Without a certificate (a token client) it verifies the server and presents none.
+        return client_context(self.tls_ca, self.tls_cert, self.tls_key)
 
 
 class BackendError(Exception):
@@ -82,12 +104,15 @@ class AccompanistBackend(Backend):
     def __init__(self, config: GatewayConfig) -> None:
         self.url = f"{config.sidecar.rstrip('/')}/sessions/{config.choreography or config.workload}"
         self.deadline_s = config.deadline_s
+        self.tls = config.client_tls()
+        self.headers = {"Authorization": f"Bearer {config.token}"} if config.token else {}
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0),
+            connector=aiohttp.TCPConnector(limit=0, ssl=self.tls or True),
             timeout=aiohttp.ClientTimeout(total=self.deadline_s),
+            headers=self.headers,
         )
 
     async def close(self) -> None:
@@ -154,6 +179,7 @@ class TemporalBackend(Backend):
                     self.config.service_urls,
                     host_workflows=True,
                     queue=task_queue(self.tuning, self.twin.name),
+                    service_tls=self.config.client_tls(),
                 )
             )
 
@@ -287,7 +313,15 @@ def parse_args(argv: list[str] | None = None) -> GatewayConfig:
         metavar="NAME=URL",
         help="temporal-tuned: where the in-process worker reaches each service",
     )
+    parser.add_argument("--tls-ca", type=Path, help="call HTTPS backends signed by this CA")
+    parser.add_argument("--tls-cert", type=Path, help="the gateway's client certificate")
+    parser.add_argument("--tls-key", type=Path, help="its private key")
+    parser.add_argument("--token-file", type=Path, help="a bearer token for the sidecar")
     args = parser.parse_args(argv)
+    if (args.tls_cert is None) != (args.tls_key is None) or (
+        args.tls_cert is not None and args.tls_ca is None
+    ):
+        parser.error("--tls-cert and --tls-key go together, and need --tls-ca")
     urls = {}
     for item in args.service_url:
         name, sep, url = item.partition("=")
@@ -305,6 +339,10 @@ def parse_args(argv: list[str] | None = None) -> GatewayConfig:
         temporal=args.temporal,
         namespace=args.namespace,
         service_urls=urls,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        token=args.token_file.read_text().strip() if args.token_file else None,
     )
 
 

@@ -1,13 +1,15 @@
 """The benchmark matrix as data: systems, scenarios, and named matrices of them.
 
 A *scenario* is everything about a run except the workload and the system: a topology, a crash
-plan (or none), a load profile, a duration and a warm-up. A *matrix* is a cross product of
-workloads x systems x scenarios, repeated ``repetitions`` times; each element is a *cell*.
+plan (or none), a load profile, a duration, a warm-up, and whether every link runs TLS. A
+*matrix* is a cross product of workloads x systems x scenarios, repeated ``repetitions`` times;
+each element is a *cell*.
 ``python -m bench run --matrix NAME`` runs one; ``python -m bench list`` shows them all.
 
 Sizing on this 2-core box: a cell costs its duration plus about 30 s of deploy, health checks,
 consistency check and teardown. ``quick`` is a smoke test of every system (a few minutes);
-``default`` is 2 workloads x 3 systems x 3 scenarios of 60 s, under half an hour.
+``default`` is 2 workloads x 3 systems x 3 scenarios of 60 s, under half an hour; ``tls`` runs
+three zones with and without TLS side by side (under 20 minutes).
 """
 
 from __future__ import annotations
@@ -61,7 +63,11 @@ SYSTEMS: dict[str, System] = {
 
 @dataclass(frozen=True)
 class Scenario:
-    """Topology, crashes, load and timing of a cell. ``duration_s`` includes ``warmup_s``."""
+    """Topology, crashes, load and timing of a cell. ``duration_s`` includes ``warmup_s``.
+
+    With ``tls`` every link a system lets us encrypt runs mutual TLS with certificates made for
+    the cell (bench.credentials, which also lists the links that stay plaintext and why).
+    """
 
     name: str
     topology: str
@@ -70,6 +76,7 @@ class Scenario:
     warmup_s: float
     crashes: CrashPlan | None = None
     description: str = ""
+    tls: bool = False
 
 
 @dataclass(frozen=True)
@@ -142,6 +149,9 @@ SCENARIOS: dict[str, Scenario] = {
                  description="smoke: loopback, 20 s"),
         Scenario("three-zones-crashes-quick", "three-zones", _QUICK_LOAD, 20, 5.0,
                  _QUICK_CRASHES, description="smoke: three zones, one crash every 8 s"),
+        Scenario("three-zones-tls", "three-zones", _LATENCY_LOAD, 60, 10.0, tls=True,
+                 description="three zones, no crashes, mutual TLS on every link a system "
+                 "can encrypt (Temporal's dev-server frontend cannot: it stays plaintext)"),
     )
 }  # fmt: skip
 
@@ -171,6 +181,14 @@ MATRICES: dict[str, Matrix] = {
             ("warehouse", "hotel"),
             _ALL_SYSTEMS,
             (SCENARIOS["local-sequential"],),
+        ),
+        Matrix(
+            "tls",
+            "what TLS costs: {warehouse, hotel} x every system x {three-zones, "
+            "three-zones-tls}, side by side in one run",
+            ("warehouse", "hotel"),
+            _ALL_SYSTEMS,
+            (SCENARIOS["three-zones"], SCENARIOS["three-zones-tls"]),
         ),
     )
 }

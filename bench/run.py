@@ -7,6 +7,11 @@ gateway under one supervisor, measures the links, plays the crash schedule while
 the gateway, waits for the services to settle, runs the workload's consistency checker, and
 tears everything down. After the last cell it writes summary.csv, ratios.csv, the charts and
 report.md, and refreshes results/latest.
+
+A scenario with ``tls`` gets a CA and a certificate per process in the cell's ``tls/`` folder
+(bench.credentials): services serve HTTPS to the runtime next to them only, sidecars talk
+mutual TLS to each other and to the gateway, Temporal workers call their services over HTTPS;
+cell.json records what protects each link (Temporal's frontend links stay plaintext).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import ssl
 import sys
 import time
 import urllib.request
@@ -23,6 +29,14 @@ from typing import Any
 
 from baselines.temporal.worker import deployment as temporal_deployment
 from bench.analysis import analyse
+from bench.credentials import (
+    GATEWAY,
+    CellCredentials,
+    files_args,
+    link_security,
+    service_callers,
+    temporal_worker,
+)
 from bench.deploy import ProcessSpec, Supervisor, free_ports
 from bench.faults import FaultInjector, crash_schedule
 from bench.load import read_outcomes, run_locust, write_requests
@@ -50,8 +64,10 @@ class _Network:
         placement: Mapping[str, str],
         ports: Mapping[str, int],
         links: Mapping[tuple[str, str], LinkSpec],
+        tls: bool = False,
     ) -> None:
         self.placement, self.ports, self.links = placement, ports, links
+        self.tls = tls
 
     def address(self, caller: str, process: str) -> str:
         link = self.links.get((self.placement[caller], process))
@@ -59,27 +75,35 @@ class _Network:
         return f"127.0.0.1:{port}"
 
     def url(self, caller: str, process: str) -> str:
-        return "http://" + self.address(caller, process)
+        # With TLS everything but the gateway (the measuring boundary) is HTTPS.
+        scheme = "https" if self.tls and process != "gateway" else "http"
+        return f"{scheme}://{self.address(caller, process)}"
 
 
-def _http_json(url: str, timeout: float = 5.0) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
+def _http_json(url: str, timeout: float = 5.0, context: ssl.SSLContext | None = None) -> Any:
+    with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
         return json.loads(resp.read())
 
 
-def _settled_state(service_urls: Mapping[str, str], timeout_s: float = 60.0) -> dict[str, Any]:
+def _settled_state(
+    service_urls: Mapping[str, str],
+    context: ssl.SSLContext | None = None,
+    timeout_s: float = 60.0,
+) -> dict[str, Any]:
     """The services' state once it stops changing (compensations may still be running)."""
     deadline = time.monotonic() + timeout_s
     previous = None
     while True:
-        state = {s: _http_json(f"{u}/state") for s, u in service_urls.items()}
+        state = {s: _http_json(f"{u}/state", context=context) for s, u in service_urls.items()}
         if state == previous or time.monotonic() > deadline:
             return state
         previous = state
         time.sleep(1.0)
 
 
-def _start_accompanist(sup: Supervisor, wl: Workload, net: _Network) -> list[str]:
+def _start_accompanist(
+    sup: Supervisor, wl: Workload, net: _Network, creds: CellCredentials | None
+) -> list[str]:
     """Sidecars, one per service in its zone; returns the gateway's backend arguments."""
     module, _, function = wl.choreography.partition(":")
     roles = list(wl.services)
@@ -90,16 +114,33 @@ def _start_accompanist(sup: Supervisor, wl: Workload, net: _Network) -> list[str
         service_urls={r: net.url(f"runtime:{r}", f"service:{r}") for r in roles},
         ports={r: net.ports[f"runtime:{r}"] for r in roles},
         peer_urls={r: {p: net.url(f"runtime:{r}", f"runtime:{p}") for p in roles} for r in roles},
+        credentials=creds,
     )
     for role in roles:
         cars.start(role)
-    return ["--sidecar", net.url("gateway", f"runtime:{wl.initiator}"), "--choreography", function]
+    tls = files_args(creds.client(GATEWAY)) if creds is not None else []
+    return [
+        "--sidecar",
+        net.url("gateway", f"runtime:{wl.initiator}"),
+        "--choreography",
+        function,
+        *tls,
+    ]
 
 
 def _start_temporal(
-    sup: Supervisor, cd: CellDir, wl: Workload, net: _Network, config: str
+    sup: Supervisor,
+    cd: CellDir,
+    wl: Workload,
+    net: _Network,
+    config: str,
+    creds: CellCredentials | None,
 ) -> list[str]:
-    """The dev server and the configuration's workers; returns the gateway's arguments."""
+    """The dev server and the configuration's workers; returns the gateway's arguments.
+
+    With `creds` the service calls are HTTPS with a client certificate; the frontend is
+    plaintext whatever `creds` says (the dev server cannot serve TLS).
+    """
     port = net.ports["temporal-server"]
     sup.start(
         ProcessSpec(
@@ -122,7 +163,13 @@ def _start_temporal(
         urls = {s: net.url("gateway", f"service:{s}") for s in wl.services}
     else:
         urls = {s: net.url(f"runtime:{s}", f"service:{s}") for s in wl.services}
-    plan = temporal_deployment(config, wl.name, urls, net.address("gateway", "temporal-server"))
+    tls: dict[str, list[str]] = {}
+    if creds is not None:
+        tls = {s: files_args(creds.client(temporal_worker(s))) for s in wl.services}
+        tls["gateway"] = files_args(creds.client(GATEWAY))
+    plan = temporal_deployment(
+        config, wl.name, urls, net.address("gateway", "temporal-server"), tls=tls
+    )
     for worker in plan.workers:
         me = f"runtime:{worker.service}"
         argv = [*worker.argv]
@@ -148,7 +195,9 @@ def run_cell(run_dir: Path, cell: Cell, progress: Callable[[str], None] = print)
         listening.append("temporal-server")
     ports = {p: free_port() for p in listening}
     links = plan_links(topo, placement, ports, iter(free_ports(len(ports) * 4)))
-    net = _Network(placement, ports, links)
+    net = _Network(placement, ports, links, tls=scenario.tls)
+    creds = CellCredentials(cd.path / "tls") if scenario.tls else None
+    harness_tls = creds.harness_context() if creds is not None else None
 
     with Supervisor(cd.path) as sup:
         if links:
@@ -160,16 +209,29 @@ def run_cell(run_dir: Path, cell: Cell, progress: Callable[[str], None] = print)
                     ports=[link.listen_port for link in links.values()],
                 )
             )
-        direct = {s: f"http://127.0.0.1:{ports[f'service:{s}']}" for s in wl.services}
+        scheme = "https" if creds is not None else "http"
+        direct = {s: f"{scheme}://127.0.0.1:{ports[f'service:{s}']}" for s in wl.services}
         for s in wl.services:
             argv = service_command(
-                wl, s, ports[f"service:{s}"], cd.path / f"{s}.db", SEED, SIZE, ABORT_RATE
+                wl,
+                s,
+                ports[f"service:{s}"],
+                cd.path / f"{s}.db",
+                SEED,
+                SIZE,
+                ABORT_RATE,
+                tls=creds.service_tls(s, service_callers(cell.system, s)) if creds else None,
             )
-            sup.start(ProcessSpec(f"service:{s}", argv, health_url=f"{direct[s]}/health"))
+            sup.start(
+                ProcessSpec(
+                    f"service:{s}", argv, health_url=f"{direct[s]}/health", health_tls=harness_tls
+                )
+            )
         if system.kind == "accompanist":
-            backend = _start_accompanist(sup, wl, net)
+            backend = _start_accompanist(sup, wl, net, creds)
         else:
-            backend = _start_temporal(sup, cd, wl, net, cell.system.removeprefix("temporal-"))
+            config = cell.system.removeprefix("temporal-")
+            backend = _start_temporal(sup, cd, wl, net, config, creds)
         gateway = f"http://127.0.0.1:{ports['gateway']}"
         sup.start(
             ProcessSpec(
@@ -190,7 +252,15 @@ def run_cell(run_dir: Path, cell: Cell, progress: Callable[[str], None] = print)
                 startup_timeout_s=90.0,
             )
         )
-        link_rows = asyncio.run(measure_links(list(links.values()))) if links else []
+        # With TLS every listener but the gateway and the Temporal frontend is HTTPS.
+        tls_targets = {
+            ports[p]: harness_tls
+            for p in ports
+            if harness_tls is not None and p not in ("gateway", "temporal-server")
+        }
+        link_rows = (
+            asyncio.run(measure_links(list(links.values()), tls=tls_targets)) if links else []
+        )
         _write_rows(cd.links_csv, link_rows)
 
         requests = wl.requests(
@@ -221,7 +291,7 @@ def run_cell(run_dir: Path, cell: Cell, progress: Callable[[str], None] = print)
                 seed=SEED + cell.rep,
             )
         sup.write_cpu_csv(cd.cpu_csv, since=cpu_before)
-        state = _settled_state(direct)
+        state = _settled_state(direct, harness_tls)
         report = wl.check(state, sent=read_outcomes(cd.requests_csv))
         write_json(
             cd.check_json,
@@ -249,6 +319,8 @@ def run_cell(run_dir: Path, cell: Cell, progress: Callable[[str], None] = print)
                 "duration_s": scenario.duration_s,
                 "warmup_s": scenario.warmup_s,
                 "crashes": scenario.crashes.__dict__ if scenario.crashes else None,
+                "tls": scenario.tls,
+                "link_security": link_security(cell.system, scenario.tls),
             },
         )
         progress(

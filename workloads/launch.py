@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import ssl
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import urllib.request
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 
+from accompanist_py.tls import client_context
 from workloads import Workload, discover
 from workloads.service_kit import ServiceTLS
 
@@ -79,15 +79,6 @@ def service_command(
     ]
 
 
-def _probe_context(tls: ServiceTLS) -> ssl.SSLContext:
-    """Trusts the CA and presents the service's own certificate (host names are not checked:
-    the deployment names services by URI, and the probe dials the address it just started)."""
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca))
-    ctx.check_hostname = False
-    ctx.load_cert_chain(str(tls.cert), str(tls.key))
-    return ctx
-
-
 def _covering(workload: Workload, what: str, given: Mapping[str, object] | None) -> None:
     """Refuse a `tls` or `tokens` map that leaves a service unguarded or names a stranger."""
     if given is None:
@@ -124,7 +115,9 @@ class _Children:
         self.ports = dict(ports or {})
         self.tls = dict(tls or {})
         self.tokens = dict(tokens or {})
-        self.probes = {service: _probe_context(t) for service, t in self.tls.items()}
+        self.probes = {
+            service: client_context(t.ca, t.cert, t.key) for service, t in self.tls.items()
+        }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.urls: dict[str, str] = {}
 

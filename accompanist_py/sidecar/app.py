@@ -34,7 +34,7 @@ from accompanist_py.node import Node, NodeStopping
 from accompanist_py.service import HttpServiceClient
 from accompanist_py.sidecar.config import Limits, ServiceCredentials, SidecarConfig
 from accompanist_py.store import MemoryStore, SQLiteStore
-from accompanist_py.tls import DEFAULT_TRUST_DOMAIN, identity_of_transport
+from accompanist_py.tls import DEFAULT_TRUST_DOMAIN, client_context, identity_of_transport
 from accompanist_py.transport.http import HttpTransport
 from accompanist_py.transport.stream import STREAM_PATH, StreamTransport, serve_stream
 
@@ -142,10 +142,7 @@ def _service_context(creds: ServiceCredentials) -> ssl.SSLContext | None:
     """Verifies the service against its CA (host names as usual) and presents our cert."""
     if creds.ca is None and creds.cert is None:
         return None
-    ctx = ssl.create_default_context(cafile=str(creds.ca) if creds.ca else None)
-    if creds.cert is not None and creds.key is not None:
-        ctx.load_cert_chain(str(creds.cert), str(creds.key))
-    return ctx
+    return client_context(creds.ca, creds.cert, creds.key)
 
 
 def _error(status: int, message: str, **headers: str) -> web.Response:

@@ -5,11 +5,14 @@ the step's `Idempotency-Key`. The status code decides what Temporal does next: 4
 abort (non-retryable, carrying the service's reason), any other 4xx is a non-retryable bad
 request, and 5xx, a refused connection or a timeout is transient and retried with the capped
 backoff in `CALL_POLICY` — the same numbers as the accompanist_py sidecar's `[timeouts]`, so that
-both systems detect and ride out failures alike.
+both systems detect and ride out failures alike. A service behind HTTPS is called with the
+worker's client certificate (`accompanist_py.tls.client_context`), as a sidecar calls its
+service.
 """
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -67,18 +70,25 @@ class ServiceCall:
 
 
 class ServiceActivities:
-    """Holds the worker's service URLs and its one keep-alive HTTP session."""
+    """Holds the worker's service URLs and its one keep-alive HTTP(S) session."""
 
-    def __init__(self, service_urls: dict[str, str], policy: CallPolicy = CALL_POLICY) -> None:
+    def __init__(
+        self,
+        service_urls: dict[str, str],
+        policy: CallPolicy = CALL_POLICY,
+        *,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.service_urls = {name: url.rstrip("/") for name, url in service_urls.items()}
         self.policy = policy
+        self.tls = tls
         self._session: aiohttp.ClientSession | None = None
 
     async def open(self) -> None:
         """Create the shared session (call inside the worker's event loop)."""
         if self._session is None:
             # No connection cap: the worker's own concurrency limits decide the parallelism.
-            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
+            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, ssl=self.tls or True)
             timeout = aiohttp.ClientTimeout(total=self.policy.start_to_close_s)
             self._session = aiohttp.ClientSession(connector=connector, timeout=timeout)
 

@@ -9,7 +9,11 @@ unsandboxed and service calls are local activities with the very same timeout an
 `deployment()` tells the harness which processes a configuration needs.
 
     python -m baselines.temporal.worker --config distributed --workload warehouse \
-        --service payment --service-url http://127.0.0.1:8002 --temporal 127.0.0.1:7233
+        --service payment --service-url http://127.0.0.1:8002 --temporal 127.0.0.1:7233 \
+        [--tls-ca CA --tls-cert CERT --tls-key KEY]
+
+The `--tls-*` files are the worker's client certificate for an `https://` service. The
+connection to the Temporal frontend is plaintext: the dev server cannot serve TLS (README.md).
 """
 
 from __future__ import annotations
@@ -19,16 +23,19 @@ import asyncio
 import contextlib
 import os
 import signal
+import ssl
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import PollerBehaviorSimpleMaximum, UnsandboxedWorkflowRunner, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
+from accompanist_py.tls import client_context
 from baselines.temporal.activities import ServiceActivities
 from baselines.temporal.saga import Dispatch
 from baselines.temporal.workflows import WORKFLOWS, TemporalWorkload
@@ -101,9 +108,13 @@ async def running_worker(
     *,
     host_workflows: bool,
     queue: str,
+    service_tls: ssl.SSLContext | None = None,
 ) -> AsyncIterator[Worker]:
-    """Run a worker until the block ends, then shut it down (the SDK needs that before exit)."""
-    activities = ServiceActivities(service_urls)
+    """Run a worker until the block ends, then shut it down (the SDK needs that before exit).
+
+    `service_tls` is the context of HTTPS service calls (`accompanist_py.tls.client_context`).
+    """
+    activities = ServiceActivities(service_urls, tls=service_tls)
     await activities.open()
     worker = Worker(
         client,
@@ -164,21 +175,26 @@ def deployment(
     service_urls: dict[str, str],
     temporal: str,
     namespace: str = "default",
+    *,
+    tls: Mapping[str, Sequence[str]] | None = None,
 ) -> Deployment:
     """The worker processes and gateway arguments of `config` for `workload`.
 
     `service_urls` are as seen from where each caller runs: in `distributed` each worker sits
     next to its service; in `tuned` the gateway (hosting the worker) calls every service, so
-    the harness passes the URLs of its cross-zone proxies.
+    the harness passes the URLs of its cross-zone proxies. `tls` maps each caller of the
+    services (a service's name for its worker, `"gateway"` for the tuned gateway) to the
+    `--tls-ca/--tls-cert/--tls-key` options of its client certificate.
     """
     tuning = CONFIGS[config]
     twin = WORKFLOWS[workload]
+    tls = tls or {}
     connection = ["--temporal", temporal, "--namespace", namespace]
     if not tuning.per_service_workers:
         urls = [
             arg for name, url in service_urls.items() for arg in ("--service-url", f"{name}={url}")
         ]
-        return Deployment(config, gateway_args=[*connection, *urls])
+        return Deployment(config, gateway_args=[*connection, *urls, *tls.get("gateway", ())])
     workers = [
         WorkerCommand(
             service,
@@ -195,6 +211,7 @@ def deployment(
                 "--service-url",
                 service_urls[service],
                 *connection,
+                *tls.get(service, ()),
             ],
         )
         for service in twin.services
@@ -203,7 +220,13 @@ def deployment(
 
 
 async def serve_service(
-    config: str, workload: str, service: str, service_url: str, target: str, namespace: str
+    config: str,
+    workload: str,
+    service: str,
+    service_url: str,
+    target: str,
+    namespace: str,
+    service_tls: ssl.SSLContext | None = None,
 ) -> None:
     """The `distributed` worker of one service; runs until SIGTERM or SIGINT."""
     tuning = CONFIGS[config]
@@ -226,6 +249,7 @@ async def serve_service(
                 {service: service_url},
                 host_workflows=False,
                 queue=task_queue(tuning, workload, service),
+                service_tls=service_tls,
             )
         )
         if service == twin.initiator:
@@ -252,7 +276,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--service-url", required=True)
     parser.add_argument("--temporal", default="127.0.0.1:7233")
     parser.add_argument("--namespace", default="default")
+    parser.add_argument("--tls-ca", type=Path, help="the CA of an https:// service's certificate")
+    parser.add_argument("--tls-cert", type=Path, help="the worker's client certificate")
+    parser.add_argument("--tls-key", type=Path, help="its private key")
     args = parser.parse_args(argv)
+    files = (args.tls_ca, args.tls_cert, args.tls_key)
+    if any(files) and not all(files):
+        parser.error("--tls-ca, --tls-cert and --tls-key go together")
     asyncio.run(
         serve_service(
             args.config,
@@ -261,6 +291,7 @@ def main(argv: list[str] | None = None) -> None:
             args.service_url,
             args.temporal,
             args.namespace,
+            client_context(*files) if all(files) else None,
         )
     )
     exit_without_finalizers()

@@ -4,16 +4,23 @@
 (-9) and restarts sidecar processes by role; `running_sidecars` deploys one per service of a
 workload next to already running services and stops them all on exit, even on errors. Peer
 addresses can be overridden so that the harness can route cross-zone links through its
-latency proxies. The micro-benchmark and the tests use the same code.
+latency proxies. With `credentials` (bench.credentials) every sidecar gets its own certificate,
+listens and calls its peers over mutual TLS, takes clients with a certificate of the cell's CA
+(or one of `tokens`), and calls an `https://` service with its certificate. The
+micro-benchmark and the tests use the same code.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import ssl
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+from accompanist_py.tls import TLSFiles
+from bench.credentials import CellCredentials
 from bench.deploy import ProcessSpec, Supervisor
 from workloads import Workload, discover
 from workloads.launch import free_port
@@ -33,8 +40,16 @@ def sidecar_config(
     store: str | None = None,
     failpoints: Mapping[str, int] | None = None,
     receive_s: float = 60.0,
+    tls: TLSFiles | None = None,
+    tokens: Mapping[str, str] | None = None,
+    service_tls: TLSFiles | None = None,
 ) -> str:
-    """The TOML text of the sidecar hosting `role`."""
+    """The TOML text of the sidecar hosting `role`.
+
+    `tls`: its certificate (peers then use https:// URLs); `tokens`: client name -> bearer
+    token of the clients that may start sessions without a certificate; `service_tls`: the
+    certificate it calls an https:// service with.
+    """
     modules = [modules] if isinstance(modules, str) else list(modules)
     lines = [
         f'name = "{role}"',
@@ -55,9 +70,25 @@ def sidecar_config(
         "[peers]",
         *(f'{r} = "{url}"' for r, url in sorted(peers.items()) if r != role),
     ]
+    if tls is not None:
+        lines += ["[tls]", *_files_lines(tls), f"trust_domain = {_toml(tls.trust_domain)}"]
+    if tokens:
+        pairs = ", ".join(f"{_toml(name)} = {_toml(token)}" for name, token in tokens.items())
+        lines += ["[auth]", f"tokens = {{ {pairs} }}"]
+    if service_tls is not None:
+        lines += ["[service]", *_files_lines(service_tls)]
     if failpoints:
         lines += ["[failpoints]", *(f"{k} = {v}" for k, v in failpoints.items())]
     return "\n".join(lines) + "\n"
+
+
+def _toml(text: str) -> str:
+    # A JSON string is a valid TOML basic string.
+    return json.dumps(text)
+
+
+def _files_lines(files: TLSFiles) -> list[str]:
+    return [f"{k} = {_toml(str(getattr(files, k)))}" for k in ("ca", "cert", "key")]
 
 
 class Sidecars:
@@ -74,6 +105,8 @@ class Sidecars:
         transport: str = "stream",
         ports: Mapping[str, int] | None = None,
         peer_urls: Mapping[str, Mapping[str, str]] | None = None,
+        credentials: CellCredentials | None = None,
+        tokens: Mapping[str, str] | None = None,
     ) -> None:
         self.sup = supervisor
         self.dir = supervisor.run_dir
@@ -82,7 +115,14 @@ class Sidecars:
         self.service_urls = dict(service_urls or {})
         self.mode, self.transport = mode, transport
         self.ports = {r: (ports or {}).get(r) or free_port() for r in self.roles}
-        self.urls = {r: f"http://127.0.0.1:{p}" for r, p in self.ports.items()}
+        self.credentials = credentials
+        self.tokens = dict(tokens or {})
+        scheme = "https" if credentials is not None else "http"
+        self.urls = {r: f"{scheme}://127.0.0.1:{p}" for r, p in self.ports.items()}
+        # Health checks (and callers that need no identity of their own) use the harness's.
+        self.client_tls: ssl.SSLContext | None = (
+            credentials.harness_context() if credentials is not None else None
+        )
         # peer_urls[role][peer] overrides how `role` reaches `peer` (e.g. through a proxy).
         self.peer_urls = {r: dict((peer_urls or {}).get(r, {})) for r in self.roles}
 
@@ -90,17 +130,22 @@ class Sidecars:
         """Start (or restart with new failpoints) the sidecar of `role`; waits for health."""
         peers = {r: self.peer_urls[role].get(r, self.urls[r]) for r in self.roles}
         config = self.dir / f"sidecar-{role}.toml"
+        service_url = self.service_urls.get(role)
+        tls = self.credentials.sidecar(role) if self.credentials is not None else None
         config.write_text(
             sidecar_config(
                 role,
                 self.ports[role],
-                self.service_urls.get(role),
+                service_url,
                 peers,
                 self.modules,
                 mode=self.mode,
                 transport=self.transport,
                 store=str(self.dir / f"sidecar-{role}.db"),
                 failpoints=failpoints,
+                tls=tls,
+                tokens=self.tokens,
+                service_tls=tls if (service_url or "").startswith("https://") else None,
             )
         )
         self.sup.start(
@@ -108,6 +153,7 @@ class Sidecars:
                 f"runtime:{role}",
                 [*SIDECAR, "--config", str(config)],
                 health_url=f"{self.urls[role]}/health",
+                health_tls=self.client_tls,
             )
         )
 

@@ -10,15 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-import psutil
 import pytest
+from bench_cells import run_checked_cell
 
 from bench.analysis import analyse
 from bench.faults import CrashPlan
 from bench.load import LoadProfile
-from bench.matrix import Cell, Scenario
-from bench.results import read_json
-from bench.run import run_cell
+from bench.matrix import Scenario
 
 SMOKE = Scenario("smoke", "local", LoadProfile(mode="open", rate_rps=4.0), 8, 2.0)
 SMOKE_CRASH = Scenario(
@@ -29,10 +27,6 @@ SMOKE_CRASH = Scenario(
     2.0,
     CrashPlan(every_s=8.0, downtime_s=1.0, targets=("runtime",), seed=3, first_s=4.0),
 )
-
-
-def _children() -> set[int]:
-    return {p.pid for p in psutil.Process().children(recursive=True)}
 
 
 @pytest.mark.parametrize(
@@ -47,15 +41,7 @@ def _children() -> set[int]:
 def test_a_short_cell_runs_checks_consistent_and_leaves_no_process(
     system: str, scenario: Scenario, tmp_path: Path
 ) -> None:
-    before = _children()
-    cell = run_cell(tmp_path, Cell("warehouse", system, scenario, 1), progress=lambda _: None)
-    assert _children() <= before, "processes left behind"
-
-    check = read_json(cell.check_json)
-    assert check["consistent"], check["violations"]
-    raw = pd.read_csv(cell.requests_csv)
-    assert len(raw) > 0
-    assert set(raw["status"]) == {200}, raw[raw["status"] != 200].head()
+    cell = run_checked_cell(tmp_path, system, scenario)
     if scenario.crashes:
         faults = pd.read_csv(cell.faults_csv)
         assert len(faults) == 1 and faults["restart_time"].notna().all()
