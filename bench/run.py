@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import json
 import ssl
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -48,6 +46,7 @@ from bench.results import RESULTS_DIR, CellDir, cell_dir, new_run_id, refresh_la
 from bench.systems.accompanist import Sidecars
 from bench.topology import load_topology, network_floor, plan_links, write_links_file
 from workloads import Workload, discover
+from workloads.consistency import fetch_states
 from workloads.launch import free_port, service_command
 
 PY = sys.executable
@@ -80,11 +79,6 @@ class _Network:
         return f"{scheme}://{self.address(caller, process)}"
 
 
-def _http_json(url: str, timeout: float = 5.0, context: ssl.SSLContext | None = None) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
-        return json.loads(resp.read())
-
-
 def _settled_state(
     service_urls: Mapping[str, str],
     context: ssl.SSLContext | None = None,
@@ -94,7 +88,7 @@ def _settled_state(
     deadline = time.monotonic() + timeout_s
     previous = None
     while True:
-        state = {s: _http_json(f"{u}/state", context=context) for s, u in service_urls.items()}
+        state = fetch_states(service_urls, context=context)
         if state == previous or time.monotonic() > deadline:
             return state
         previous = state

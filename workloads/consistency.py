@@ -8,6 +8,10 @@ idempotency record, effects for sagas the client never sent, and client outcomes
 services contradict. `main` is the shared command line:
 
     python -m workloads.<name>.checker --service NAME=URL ... [--sagas FILE] [--out report.json]
+        [--tls-ca CA --tls-cert CERT --tls-key KEY]
+
+A service behind HTTPS that admits only named callers is read with a certificate it admits
+(`--tls-*`; the harness uses its own, `client/harness`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import ssl
 import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -22,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from accompanist_py.tls import client_context
 from workloads.saga import COMMITTED, COMPENSATED, REJECTED, Step, split_key
 
 State = Mapping[str, Any]
@@ -201,11 +207,14 @@ def conservation(
     ]
 
 
-def fetch_states(urls: Mapping[str, str], timeout: float = 30.0) -> dict[str, State]:
-    """GET /state of each service (name -> base URL)."""
+def fetch_states(
+    urls: Mapping[str, str], timeout: float = 30.0, context: ssl.SSLContext | None = None
+) -> dict[str, State]:
+    """GET /state of each service (name -> base URL); `context` for https:// ones."""
     states = {}
     for name, url in urls.items():
-        with urllib.request.urlopen(f"{url.rstrip('/')}/state", timeout=timeout) as response:
+        state_url = f"{url.rstrip('/')}/state"
+        with urllib.request.urlopen(state_url, timeout=timeout, context=context) as response:
             states[name] = json.load(response)
     return states
 
@@ -239,7 +248,13 @@ def main(check: CheckFn, argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", help="write the JSON report here")
     parser.add_argument("--seed", type=int, help="default: what the services were seeded with")
     parser.add_argument("--size", type=int, help="default: what the services were seeded with")
+    parser.add_argument("--tls-ca", type=Path, help="the CA of the services' certificates")
+    parser.add_argument("--tls-cert", type=Path, help="a client certificate they admit")
+    parser.add_argument("--tls-key", type=Path, help="its private key")
     args = parser.parse_args(argv)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together")
+    context = client_context(args.tls_ca, args.tls_cert, args.tls_key) if args.tls_ca else None
     urls = {}
     for spec in args.service:
         name, sep, url = spec.partition("=")
@@ -247,7 +262,7 @@ def main(check: CheckFn, argv: Sequence[str] | None = None) -> int:
             parser.error(f"--service expects NAME=URL, got {spec!r}")
         urls[name] = url
     sent = load_sent(args.sagas) if args.sagas else None
-    report = check(fetch_states(urls), args.seed, args.size, sent)
+    report = check(fetch_states(urls, context=context), args.seed, args.size, sent)
     if args.out:
         Path(args.out).write_text(json.dumps(report.to_json(), indent=2) + "\n")
     print(report.summary())

@@ -16,7 +16,8 @@ import aiohttp
 import pytest
 
 from accompanist_py import certs
-from accompanist_py.tls import TLSFiles, sidecar_uri
+from accompanist_py.tls import TLSFiles, client_context, sidecar_uri
+from workloads.consistency import fetch_states
 from workloads.launch import running_services_sync, service_command
 from workloads.service_kit import ServiceTLS
 from workloads.service_kit import main as service_main
@@ -54,9 +55,7 @@ class PKI:
         """A caller trusting our CA, presenting `holder`'s certificate (or none)."""
         if holder is not None:
             return TLSFiles(self.ca[0], *holder).client_context()
-        context = ssl.create_default_context(cafile=str(self.ca[0]))
-        context.check_hostname = False
-        return context
+        return client_context(self.ca[0])
 
 
 @pytest.fixture(scope="module")
@@ -284,3 +283,17 @@ def test_the_service_refuses_an_incomplete_or_unusable_guard_at_startup(
     assert exit_.value.code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "p.db").exists()
+
+
+def test_the_checker_reads_services_behind_tls_with_a_certificate_they_admit(
+    pki: PKI, tmp_path: Path
+) -> None:
+    tls = {s: pki.tls(s) for s in WORKLOAD.services}
+    with running_services_sync(WORKLOAD, tmp_path, size=5, tls=tls) as urls:
+        warehouse = {"warehouse": urls["warehouse"]}
+        admitted = pki.context(pki.sidecars["warehouse"])
+        assert fetch_states(warehouse, context=admitted)["warehouse"]["items"]
+        with pytest.raises(OSError):  # another caller's certificate: 403; none: no handshake
+            fetch_states(warehouse, context=pki.context(pki.sidecars["payment"]))
+        with pytest.raises(OSError):
+            fetch_states(warehouse, context=pki.context(None))
