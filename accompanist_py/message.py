@@ -95,7 +95,9 @@ INT64_MAX = 2**63 - 1
 MAX_TIME_S = 2**53  # seconds since the epoch: exact as a double, far beyond any real clock
 MAX_NAME = 128  # choreography, session and role names
 MAX_CHOICES = 1024
-HEADER_KEYS = frozenset({"c", "t"})  # choices known to the sender; the session's start time
+# Choices known to the sender; the session's start time; the client that owns the session
+# (so that every participant shows it to that client only).
+HEADER_KEYS = frozenset({"c", "o", "t"})
 
 
 def check_shape(msg: Message, max_payload_bytes: int) -> None:
@@ -134,6 +136,10 @@ def _check_headers(headers: Any, max_payload_bytes: int) -> None:
             raise ValueError("headers: choice ids in 'c' must be short strings")
         if not isinstance(value, bytes) or len(value) > max_payload_bytes:
             raise ValueError(f"headers: choice {cid!r} in 'c' must be bytes")
+    if "o" in headers:
+        owner = headers["o"]
+        if not isinstance(owner, str) or not 0 < len(owner) <= MAX_NAME:
+            raise ValueError(f"headers: 'o' (the session's owner) must be 1 to {MAX_NAME} chars")
     if "t" in headers:
         t = headers["t"]
         # Bounded so that every store keeps it exactly (SQLite's integers end at 2**63).

@@ -656,6 +656,7 @@ class Node:
                         {"outcome": decision.final_state, "reason": decision.reason}
                     ),
                     created=started if started is not None else self.clock(),
+                    owner=msg.headers.get("o"),
                 )
                 durable.append(self.store.save_session(rec))
             return False
@@ -668,7 +669,9 @@ class Node:
                 "more than half the record retention): a late copy of a session whose record "
                 "may already be pruned"
             )
-        rec = SessionRecord(msg.session, msg.receiver, msg.choreography, created=started)
+        rec = SessionRecord(
+            msg.session, msg.receiver, msg.choreography, created=started, owner=msg.headers.get("o")
+        )
         # The record goes before the inbox row, in the same batch: no row without its session.
         durable.append(self.store.save_session(rec))
         self.metrics.sessions_started.inc()
@@ -688,7 +691,12 @@ class Node:
 
 
 def _owns(client: str | None, rec: SessionRecord) -> bool:
-    """Whether `client` may see `rec`: its owner, or anyone for a session without one."""
+    """Whether `client` may see `rec`: its owner, or anyone for a session without one.
+
+    A participant learns the owner from the session's messages (header "o"), so a client
+    sees its session at every role and no one else's. Owners are deployment-wide names: a
+    client certificate's name, or a bearer token's name in `[auth] tokens`.
+    """
     return rec.owner is None or rec.owner == client
 
 

@@ -197,8 +197,15 @@ class RoleSession:
         failpoints.hit("after_call")
         return value
 
-    def _headers(self) -> dict[str, Any]:
+    def _session_headers(self) -> dict[str, Any]:
+        """What every message of the session carries: its start time and owner."""
         headers: dict[str, Any] = {"t": self.record.created}
+        if self.record.owner is not None:
+            headers["o"] = self.record.owner
+        return headers
+
+    def _headers(self) -> dict[str, Any]:
+        headers = self._session_headers()
         if self.mailbox.choices:
             headers["c"] = dict(self.mailbox.choices)
         return headers
@@ -212,7 +219,7 @@ class RoleSession:
             seq,
             Kind.CONTROL,
             encode_value(body),
-            {"t": self.record.created},
+            self._session_headers(),
         )
 
     # -- the run -----------------------------------------------------------------------------
