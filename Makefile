@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test bench bench-quick lint microbench tune-temporal clean
+.PHONY: test bench bench-chain bench-quick lint microbench tune-temporal clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,11 +22,23 @@ lint: $(STAMP)
 microbench: $(STAMP)
 	$(PY) -m bench.microbench
 
-bench: $(STAMP)
-	$(PY) -m bench run --matrix default
+# The reference run, under an hour on 2 cores: the headline (one saga at a time, three
+# repetitions), three zones, the crash scenarios and the capacity sweep into one
+# results/<run-id>/ that becomes results/latest and the README's headline (each step prints its
+# estimate first; `python -m bench run $(BENCH_PLAN) --dry-run` lists the cells); then the paper's
+# chain benchmark, into results/<run-id>-chain/.
+BENCH_PLAN := --matrix sequential,three-zones,crashes,server-crashes --sweep capacity
 
+bench: $(STAMP)
+	$(PY) -m bench run $(BENCH_PLAN) --name reference --publish
+	$(MAKE) bench-chain
+
+bench-chain: $(STAMP)
+	$(PY) -m bench.chain
+
+# A smoke run of every system and of the sweep, a few minutes; not published.
 bench-quick: $(STAMP)
-	$(PY) -m bench run --matrix quick
+	$(PY) -m bench run --matrix quick --sweep quick --name quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -325,21 +325,28 @@ class Supervisor:
             }
 
     def write_cpu_csv(
-        self, path: Path, since: Mapping[str, tuple[float, float]] | None = None
+        self,
+        path: Path,
+        since: Mapping[str, tuple[float, float]] | None = None,
+        others: Mapping[str, tuple[float, float]] | None = None,
     ) -> Path:
         """Write ``cpu.csv``: process, cpu_user_s, cpu_system_s, cpu_s, starts.
 
         ``since`` is an earlier :meth:`cpu_seconds` snapshot (e.g. taken when the load started),
-        so that start-up cost is not charged to the sagas.
+        so that start-up cost is not charged to the sagas. ``others`` adds (user, system) CPU
+        seconds of processes run outside the supervisor (the load generator), one start each.
         """
         since = since or {}
+        rows = [
+            (name, user - since.get(name, (0.0, 0.0))[0], system - since.get(name, (0.0, 0.0))[1],
+             self._procs[name].starts)
+            for name, (user, system) in self.cpu_seconds().items()
+        ]  # fmt: skip
+        rows += [(name, user, system, 1) for name, (user, system) in (others or {}).items()]
         with Path(path).open("w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(CPU_COLUMNS)
-            for name, (user, system) in self.cpu_seconds().items():
-                user -= since.get(name, (0.0, 0.0))[0]
-                system -= since.get(name, (0.0, 0.0))[1]
-                starts = self._procs[name].starts
+            for name, user, system, starts in rows:
                 writer.writerow(
                     [name, f"{user:.3f}", f"{system:.3f}", f"{user + system:.3f}", starts]
                 )

@@ -2,12 +2,16 @@
 
 A :class:`CrashPlan` says how often to crash (every N seconds), for how long the victim stays
 down, and which kinds of process may be hit (``runtime`` = a service's sidecar or Temporal
-worker, ``service``, ``temporal-server``). :func:`crash_schedule` turns it into concrete faults for
-a workload's services: fixed times and *slots* (``runtime:payment``), chosen by a seeded RNG from
-the slots of every target kind. The schedule depends only on (plan, services, duration), never on
-the system, so both systems lose "the runtime of service payment" at the same second. A slot that
-a system does not have (``temporal-server`` under accompanist_py) is recorded as not applicable
-rather than shifting the rest of the schedule.
+worker, ``service``, ``temporal-server``); the benchmark crashes each kind in a scenario of its
+own, so that every state holder is crashed and each cost is seen apart. :func:`crash_schedule`
+turns a plan into concrete faults for a workload's services: fixed times and *slots*
+(``runtime:payment``), chosen by a seeded RNG from the slots of every target kind. The schedule
+depends only on (plan, services, duration), never on the system, so both systems lose "the
+runtime of service payment" at the same second. A slot that a system does not have
+(``temporal-server`` under accompanist_py) is recorded as not applicable rather than shifting
+the rest of the schedule; :func:`applicability` counts, before the load, how many of a
+schedule's crashes a system can suffer at all. A cell in which some do not apply did not suffer
+the crash schedule, and is not compared with one that did.
 
 :class:`FaultInjector` plays a schedule against a running deployment in a background thread and
 records every fault window to ``faults.csv`` (slot, process, kill and restart times).
@@ -94,6 +98,37 @@ def crash_schedule(plan: CrashPlan, services: Sequence[str], duration_s: float) 
         faults.append(Fault(rng.choice(slots), t, t + plan.downtime_s))
         t += plan.every_s
     return faults
+
+
+@dataclass(frozen=True)
+class Applicability:
+    """How much of a crash schedule applies to one system: what a cell's report must say."""
+
+    planned: int
+    applicable: int
+    not_applicable: tuple[str, ...]  # the slots of the crashes that do not apply, in order
+
+    @property
+    def all_apply(self) -> bool | None:
+        """True if every planned crash hits a process, False if one does not, None if none is
+        planned (a cell without crashes is comparable as it is)."""
+        return None if self.planned == 0 else self.applicable == self.planned
+
+    def describe(self) -> str:
+        """One line for the console: ``5 crashes`` or why some do not apply."""
+        if self.all_apply is not False:
+            return f"{self.planned} crashes"
+        missing = ", ".join(sorted(set(self.not_applicable)))
+        return (
+            f"{self.planned} crashes planned, {self.applicable} applicable "
+            f"(this system has no {missing})"
+        )
+
+
+def applicability(faults: Sequence[Fault], resolve: Callable[[str], str | None]) -> Applicability:
+    """Count which of `faults` hit a process of the system that `resolve` describes."""
+    missing = tuple(f.slot for f in faults if resolve(f.slot) is None)
+    return Applicability(len(faults), len(faults) - len(missing), missing)
 
 
 class Crashable(Protocol):

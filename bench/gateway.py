@@ -2,8 +2,11 @@
 
 Locust measures both systems from the same boundary: `POST /sagas/{workload}` with
 `{"saga_id", "request"}` answers, once the saga has ended, `200 {"saga_id", "outcome",
-"reason", ...}`. Re-posting a saga id returns that saga's outcome and never starts it twice.
-Behind it sits one backend:
+"reason", ...}`; `500 {"saga_id", "error"}` when it failed for good (a failed workflow, a
+session without an outcome, a refusal), which no retry would change; `503 {"saga_id", "error"}`
+when its system stayed unreachable or kept restarting until `--deadline-s`, which is worth
+posting again. Re-posting a saga id returns that saga's outcome and never starts it twice.
+Behind it sits one backend, for each of the deployments of `bench.matrix.SYSTEMS`:
 
 - `accompanist`: the initiator sidecar, `POST /sessions/{choreography}` with the saga id as the
   session id (idempotent there), over one keep-alive session.
@@ -12,7 +15,11 @@ Behind it sits one backend:
   this process also hosts the worker, which is what makes eager workflow start possible.
 
 Both backends retry through a restart of what they talk to (sidecar or Temporal server), up to
-`--deadline-s`, since the harness crashes those on purpose.
+`--deadline-s`, since the harness crashes those on purpose: one loop (`_retrying`) with the
+runtime's own backoff (`accompanist_py.backoff.Backoff`, 50 ms doubling to 1 s), so that neither
+system rides out a crash with a better policy than the other. The load generator posts a saga
+again the same way, with the same saga id, after a 503 or no answer (never after a 500), which
+is what lets it survive a crash of this process itself (temporal-tuned's worker lives here).
 
 With `--tls-ca` (and `--tls-cert`/`--tls-key`, the gateway's client certificate) the gateway
 calls over HTTPS what it calls over HTTP: the initiator sidecar, or the services its
@@ -39,17 +46,24 @@ import signal
 import ssl
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
 
+from accompanist_py import eventloop
+from accompanist_py.backoff import Backoff
 from accompanist_py.tls import client_context
+from bench.matrix import SYSTEMS
+from workloads.outcomes import OUTCOMES
 
-SYSTEMS = ("accompanist", "temporal-distributed", "temporal-tuned")
-OUTCOMES = ("committed", "compensated", "rejected")
+# The deployments the gateway fronts, each by the system that names it: systems that differ only
+# in configuration share one (accompanist-default runs accompanist's).
+DEPLOYMENTS = {s.deployment: s for s in SYSTEMS.values() if s.deployment == s.name}
+T = TypeVar("T")
 MAX_SAGA_ID = 200
 
 
@@ -81,7 +95,40 @@ class GatewayConfig:
 
 
 class BackendError(Exception):
-    """The saga's system failed to produce an outcome (answered as 502)."""
+    """The saga failed for good: its system ended it without an outcome, or refused it."""
+
+    status = 500
+
+
+class BackendUnavailable(BackendError):
+    """The saga's system stayed unreachable or kept restarting until the deadline; the saga may
+    still end well, so a client should post it again."""
+
+    status = 503
+
+
+class _NotYet(Exception):
+    """What the backend answered is worth asking again (it was restarting, or is still busy)."""
+
+
+async def _retrying(attempt: Callable[[], Awaitable[T]], deadline_s: float) -> T:
+    """`attempt()` until it returns, retrying each `_NotYet` with the runtime's backoff.
+
+    Past `deadline_s` the last problem becomes a `BackendUnavailable`. Safe only because every
+    attempt names the saga by its id, so that a retry joins the saga the first one started.
+    """
+    backoff = Backoff()
+    deadline = time.monotonic() + deadline_s
+    retries = 0
+    while True:
+        try:
+            return await attempt()
+        except _NotYet as problem:
+            retries += 1
+            delay = backoff.delay(retries)
+            if time.monotonic() + delay > deadline:
+                raise BackendUnavailable(str(problem)) from problem
+        await asyncio.sleep(delay)
 
 
 class Backend(ABC):
@@ -121,24 +168,22 @@ class AccompanistBackend(Backend):
 
     async def run(self, saga_id: str, request: dict[str, Any]) -> dict[str, Any]:
         assert self._session is not None, "start() first"
+        session = self._session
+        # The session id makes the start idempotent: a sidecar that knows it attaches to it.
         body = {"session_id": saga_id, "args": [request], "kwargs": {}, "wait": True}
-        deadline = time.monotonic() + self.deadline_s
-        delay = 0.05
-        while True:
+
+        async def attempt() -> tuple[int, Any]:
             try:
-                async with self._session.post(self.url, json=body) as response:
+                async with session.post(self.url, json=body) as response:
                     status, payload = response.status, await response.json(content_type=None)
-                if status < 500:
-                    break
-                problem = f"sidecar answered {status}: {payload}"
             except (TimeoutError, aiohttp.ClientError, ValueError) as error:
-                problem = f"sidecar unreachable: {error!r}"
-            # The session id makes the start idempotent, so retrying through a sidecar
-            # restart cannot run the saga twice.
-            if time.monotonic() + delay > deadline:
-                raise BackendError(problem)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+                raise _NotYet(f"sidecar unreachable: {error!r}") from error
+            # 202: the session runs on (the sidecar stopped waiting for it, or is recovering it).
+            if status >= 500 or status == 202:
+                raise _NotYet(f"sidecar answered {status}: {payload}")
+            return status, payload
+
+        status, payload = await _retrying(attempt, self.deadline_s)
         if status != 200:
             raise BackendError(f"sidecar answered {status}: {payload}")
         result = payload.get("result") if isinstance(payload, dict) else None
@@ -156,7 +201,7 @@ class TemporalBackend(Backend):
         from baselines.temporal.workflows import WORKFLOWS
 
         self.config = config
-        self.tuning = CONFIGS[config.system.removeprefix("temporal-")]
+        self.tuning = CONFIGS[DEPLOYMENTS[config.system].config]
         self.twin = WORKFLOWS[config.workload]
         self._client: Any = None
         self._worker = contextlib.AsyncExitStack()
@@ -201,27 +246,27 @@ class TemporalBackend(Backend):
             RPCStatusCode.INTERNAL,
             RPCStatusCode.UNKNOWN,
         }
-        deadline = time.monotonic() + self.config.deadline_s
-        delay = 0.05
-        while True:
+
+        async def attempt() -> dict[str, Any]:
+            # The workflow id is the saga id: a retry attaches to the workflow the first started.
             try:
                 return await run_saga(self._client, self.tuning, self.twin, saga_id, request)
             except WorkflowFailureError as error:
                 raise BackendError(f"workflow {saga_id} failed: {error.cause}") from error
             except RPCError as error:
-                if error.status not in transient or time.monotonic() + delay > deadline:
+                if error.status not in transient:
                     raise BackendError(f"temporal: {error}") from error
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 1.0)
+                raise _NotYet(f"temporal: {error}") from error
+
+        return await _retrying(attempt, self.config.deadline_s)
 
 
 def backend_for(config: GatewayConfig) -> Backend:
-    """The backend of `config.system`."""
-    if config.system == "accompanist":
-        return AccompanistBackend(config)
-    if config.system in ("temporal-distributed", "temporal-tuned"):
-        return TemporalBackend(config)
-    raise ValueError(f"unknown system {config.system!r}; expected one of {SYSTEMS}")
+    """The backend of `config.system`, a deployment name."""
+    system = DEPLOYMENTS.get(config.system)
+    if system is None:
+        raise ValueError(f"unknown system {config.system!r}; expected one of {list(DEPLOYMENTS)}")
+    return AccompanistBackend(config) if system.kind == "accompanist" else TemporalBackend(config)
 
 
 def parse_saga(body: Any) -> tuple[str, dict[str, Any]]:
@@ -255,10 +300,7 @@ def make_app(config: GatewayConfig, backend: Backend) -> web.Application:
         try:
             outcome = await backend.run(saga_id, saga_request)
         except BackendError as error:
-            raise web.HTTPBadGateway(
-                text=json.dumps({"saga_id": saga_id, "error": str(error)}),
-                content_type="application/json",
-            ) from error
+            return web.json_response({"saga_id": saga_id, "error": str(error)}, status=error.status)
         return web.json_response(outcome)
 
     async def health(_: web.Request) -> web.Response:
@@ -289,6 +331,7 @@ async def serve(config: GatewayConfig) -> None:
         print(
             f"gateway {config.system}/{config.workload} on {config.host}:{config.port}", flush=True
         )
+        eventloop.announce()
         await stopping.wait()
     finally:
         await runner.cleanup()
@@ -297,7 +340,7 @@ async def serve(config: GatewayConfig) -> None:
 def parse_args(argv: list[str] | None = None) -> GatewayConfig:
     """The command line as a `GatewayConfig`."""
     parser = argparse.ArgumentParser(description="Saga gateway in front of one system")
-    parser.add_argument("--system", choices=SYSTEMS, required=True)
+    parser.add_argument("--system", choices=list(DEPLOYMENTS), required=True)
     parser.add_argument("--workload", required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
@@ -349,7 +392,7 @@ def parse_args(argv: list[str] | None = None) -> GatewayConfig:
 def main(argv: list[str] | None = None) -> None:
     """CLI entry point (see the module docstring)."""
     config = parse_args(argv)
-    asyncio.run(serve(config))
+    eventloop.run(serve(config))
     if config.system.startswith("temporal-"):
         from baselines.temporal.worker import exit_without_finalizers
 

@@ -5,19 +5,26 @@
     run.json              the configuration the run was started with
     environment.json      versions and machine, collected when the run started
     summary.csv           analysis: one row per (workload, system, scenario)
-    ratios.csv            analysis: each Temporal configuration / accompanist_py
+    ratios.csv            analysis: every other system / accompanist_py
+    capacity.csv          analysis: sustainable throughput per (workload, sweep, system)
+    cpu_by_kind.csv       analysis: CPU-seconds per saga of each process kind
     charts/*.png          plots
     report.md             the report
+    .gitignore            until the run is published: keeps the whole folder out of git
     raw/<workload>/<system>/<scenario>/rep<k>/      one cell (git-ignored: large)
-        cell.json         identity, topology, floor_ms, load, crash plan
+        cell.json         identity, topology, floor_ms, load, crash plan, sweep, CPU window
         requests.csv      Locust: one row per request
+        requests.loadgen-cpu.json   Locust's own CPU seconds
         faults.csv        crash windows
-        cpu.csv           CPU seconds per process during the load
+        cpu.csv           CPU seconds per process during the load (Locust as ``loadgen``)
         links.csv         measured round trips of the latency links
         check.json        the consistency checker's verdict: {"consistent": bool, ...}
         logs/             process logs
 
-``results/latest/`` is a copy (not a symlink: friendlier to git) of the newest run without raw/.
+A run is *published* (:func:`publish_run`, ``bench run --publish`` or ``bench publish RUN``)
+when it becomes the reference: its folder joins git and ``results/latest/`` becomes a copy of it
+(not a symlink: friendlier to git) without raw/. Unpublished runs stay out of git, the way a
+virtual environment keeps itself out: a ``.gitignore`` of ``*`` inside the folder.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 LATEST = "latest"
+_IGNORE_ALL = ".gitignore"
 
 
 def new_run_id(matrix: str) -> str:
@@ -119,6 +127,25 @@ def read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
+def new_run_dir(name: str, results_dir: Path = RESULTS_DIR) -> Path:
+    """Create ``results_dir/<run-id>/`` for a new run, out of git until it is published."""
+    run_dir = Path(results_dir) / new_run_id(name)
+    run_dir.mkdir(parents=True)
+    (run_dir / _IGNORE_ALL).write_text("# unpublished run (bench.results.publish_run)\n*\n")
+    return run_dir
+
+
+def is_published(run_dir: Path) -> bool:
+    """Whether git may track the run folder (it has no ignore-everything marker)."""
+    return not (Path(run_dir) / _IGNORE_ALL).exists()
+
+
+def publish_run(run_dir: Path, results_dir: Path = RESULTS_DIR) -> Path:
+    """Make `run_dir` the reference run: trackable by git, and copied to results/latest."""
+    (Path(run_dir) / _IGNORE_ALL).unlink(missing_ok=True)
+    return refresh_latest(run_dir, results_dir)
+
+
 def refresh_latest(run_dir: Path, results_dir: Path = RESULTS_DIR) -> Path:
     """Replace ``results/latest`` with a copy of ``run_dir`` minus its raw data."""
     latest = results_dir / LATEST
@@ -128,5 +155,5 @@ def refresh_latest(run_dir: Path, results_dir: Path = RESULTS_DIR) -> Path:
         latest.unlink()
     elif latest.exists():
         shutil.rmtree(latest)
-    shutil.copytree(run_dir, latest, ignore=shutil.ignore_patterns("raw"))
+    shutil.copytree(run_dir, latest, ignore=shutil.ignore_patterns("raw", _IGNORE_ALL))
     return latest

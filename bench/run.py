@@ -1,12 +1,15 @@
-"""`bench run`: deploy each cell of a matrix, load it, check it, and analyse the run.
+"""`bench run`: deploy each cell of a plan, load it, check it, and analyse the run.
 
 One cell = one workload on one system in one scenario. For each cell the driver places every
 process in its zone (bench.topology), routes every cross-zone connection through the latency
 proxy, starts the services, the system (sidecars, or the Temporal server and workers) and the
 gateway under one supervisor, measures the links, plays the crash schedule while Locust drives
 the gateway, waits for the services to settle, runs the workload's consistency checker, and
-tears everything down. After the last cell it writes summary.csv, ratios.csv, the charts and
-report.md, and refreshes results/latest.
+tears everything down. A plan (bench.matrix) is the cells of some matrices, then capacity
+sweeps, whose next rate depends on the last (:func:`run_sweep`). After the last cell it writes
+summary.csv, ratios.csv, capacity.csv, the charts and report.md; failed_cells.json lists the
+cells that failed to deploy or load, capacity_stops.json where each system left each sweep.
+Publishing (results/latest) is the CLI's, which refuses a run with failed cells unless told.
 
 A scenario with ``tls`` gets a CA and a certificate per process in the cell's ``tls/`` folder
 (bench.credentials): services serve HTTPS to the runtime next to them only, sidecars talk
@@ -17,16 +20,28 @@ cell.json records what protects each link (Temporal's frontend links stay plaint
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import ssl
 import sys
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from accompanist_py.eventloop import announced_loop
+from baselines.temporal.worker import CONFIGS as TEMPORAL_CONFIGS
 from baselines.temporal.worker import deployment as temporal_deployment
-from bench.analysis import analyse
+from bench.analysis import (
+    FAILED_CELLS_JSON,
+    analyse,
+    failure_text,
+    machine_cores,
+    step_of,
+    summarise_cells,
+)
+from bench.capacity import stop_reasons
 from bench.credentials import (
     GATEWAY,
     CellCredentials,
@@ -35,14 +50,15 @@ from bench.credentials import (
     service_callers,
     temporal_worker,
 )
-from bench.deploy import ProcessSpec, Supervisor, free_ports
-from bench.faults import FaultInjector, crash_schedule
-from bench.load import read_outcomes, run_locust, write_requests
-from bench.matrix import MATRICES, SYSTEMS, Cell
+from bench.deploy import DeployError, ProcessSpec, Supervisor, free_ports
+from bench.fairness import failure_detection
+from bench.faults import FaultInjector, applicability, crash_schedule
+from bench.load import LoadError, read_load_cpu, read_outcomes, run_locust, write_requests
+from bench.matrix import SYSTEMS, Cell, Plan, Sweep, System
 from bench.plots import plot_run
-from bench.proxy import LinkSpec, measure_links
+from bench.proxy import PROXY_CSV, LinkProbe, LinkSpec, measure_links
 from bench.report import collect_environment, write_report
-from bench.results import RESULTS_DIR, CellDir, cell_dir, new_run_id, refresh_latest, write_json
+from bench.results import RESULTS_DIR, CellDir, cell_dir, new_run_dir, write_json
 from bench.systems.accompanist import Sidecars
 from bench.topology import load_topology, network_floor, plan_links, write_links_file
 from workloads import Workload, discover
@@ -50,9 +66,9 @@ from workloads.consistency import fetch_states
 from workloads.launch import free_port, service_command
 
 PY = sys.executable
+CAPACITY_STOPS_JSON = "capacity_stops.json"
 SEED = 1
 SIZE = 5000  # every entity absorbs this many sagas: more than any cell sends
-ABORT_RATE = 0.1
 
 
 class _Network:
@@ -96,9 +112,9 @@ def _settled_state(
 
 
 def _start_accompanist(
-    sup: Supervisor, wl: Workload, net: _Network, creds: CellCredentials | None
+    sup: Supervisor, wl: Workload, net: _Network, creds: CellCredentials | None, mode: str
 ) -> list[str]:
-    """Sidecars, one per service in its zone; returns the gateway's backend arguments."""
+    """Sidecars in `mode`, one per service in its zone; returns the gateway's backend arguments."""
     module, _, function = wl.choreography.partition(":")
     roles = list(wl.services)
     cars = Sidecars(
@@ -109,6 +125,7 @@ def _start_accompanist(
         ports={r: net.ports[f"runtime:{r}"] for r in roles},
         peer_urls={r: {p: net.url(f"runtime:{r}", f"runtime:{p}") for p in roles} for r in roles},
         credentials=creds,
+        mode=mode,
     )
     for role in roles:
         cars.start(role)
@@ -188,19 +205,22 @@ def run_cell(run_dir: Path, cell: Cell, progress: Callable[[str], None] = print)
     else:
         listening.append("temporal-server")
     ports = {p: free_port() for p in listening}
-    links = plan_links(topo, placement, ports, iter(free_ports(len(ports) * 4)))
+    free = iter(free_ports(len(ports) * 8 + 1))
+    links = plan_links(topo, placement, ports, free)
+    probe = LinkProbe(list(links.values()), free)  # what the proxy adds, during the load
     net = _Network(placement, ports, links, tls=scenario.tls)
     creds = CellCredentials(cd.path / "tls") if scenario.tls else None
     harness_tls = creds.harness_context() if creds is not None else None
 
     with Supervisor(cd.path) as sup:
         if links:
-            links_file = write_links_file(list(links.values()), cd.path / "links.toml")
+            proxied = [*links.values(), *probe.twins]
+            links_file = write_links_file(proxied, cd.path / "links.toml")
             sup.start(
                 ProcessSpec(
                     "proxy",
                     [PY, "-m", "bench.proxy", "--links", str(links_file)],
-                    ports=[link.listen_port for link in links.values()],
+                    ports=[link.listen_port for link in proxied],
                 )
             )
         scheme = "https" if creds is not None else "http"
@@ -213,8 +233,8 @@ def run_cell(run_dir: Path, cell: Cell, progress: Callable[[str], None] = print)
                 cd.path / f"{s}.db",
                 SEED,
                 SIZE,
-                ABORT_RATE,
-                tls=creds.service_tls(s, service_callers(cell.system, s)) if creds else None,
+                scenario.abort_rate,
+                tls=creds.service_tls(s, service_callers(system.deployment, s)) if creds else None,
             )
             sup.start(
                 ProcessSpec(
@@ -222,10 +242,9 @@ def run_cell(run_dir: Path, cell: Cell, progress: Callable[[str], None] = print)
                 )
             )
         if system.kind == "accompanist":
-            backend = _start_accompanist(sup, wl, net, creds)
+            backend = _start_accompanist(sup, wl, net, creds, system.config)
         else:
-            config = cell.system.removeprefix("temporal-")
-            backend = _start_temporal(sup, cd, wl, net, config, creds)
+            backend = _start_temporal(sup, cd, wl, net, system.config, creds)
         gateway = f"http://127.0.0.1:{ports['gateway']}"
         sup.start(
             ProcessSpec(
@@ -235,7 +254,7 @@ def run_cell(run_dir: Path, cell: Cell, progress: Callable[[str], None] = print)
                     "-m",
                     "bench.gateway",
                     "--system",
-                    cell.system,
+                    system.deployment,
                     "--workload",
                     wl.name,
                     "--port",
@@ -258,7 +277,7 @@ def run_cell(run_dir: Path, cell: Cell, progress: Callable[[str], None] = print)
         _write_rows(cd.links_csv, link_rows)
 
         requests = wl.requests(
-            SEED + cell.rep, scenario.load.requests_needed(scenario.duration_s), ABORT_RATE
+            SEED + cell.rep, scenario.load.requests_needed(scenario.duration_s), scenario.abort_rate
         )
         requests_file = write_requests(cd.path / "requests.jsonl", requests)
         faults = (
@@ -266,13 +285,15 @@ def run_cell(run_dir: Path, cell: Cell, progress: Callable[[str], None] = print)
             if scenario.crashes
             else []
         )
-        resolve = _crash_target(sup, cell.system)
-        cpu_before = sup.cpu_seconds()
+        resolve = _crash_target(sup, system)
+        crashes = applicability(faults, resolve)
+        cpu_before, cpu_t0 = sup.cpu_seconds(), time.monotonic()
         t0 = time.time()
         progress(
-            f"    load: {scenario.load.mode} loop, {scenario.duration_s} s, {len(faults)} crashes"
+            f"    load: {scenario.load.mode} loop, {scenario.duration_s} s, {crashes.describe()}"
         )
-        with FaultInjector(faults, sup, cd.faults_csv, t0=t0, resolve=resolve):
+        injector = FaultInjector(faults, sup, cd.faults_csv, t0=t0, resolve=resolve)
+        with injector, probe.running(cd.path / PROXY_CSV, after_s=scenario.warmup_s):
             run_locust(
                 net.url("loadgen", "gateway"),
                 wl.name,
@@ -284,7 +305,11 @@ def run_cell(run_dir: Path, cell: Cell, progress: Callable[[str], None] = print)
                 log_path=cd.path / "locust.log",
                 seed=SEED + cell.rep,
             )
-        sup.write_cpu_csv(cd.cpu_csv, since=cpu_before)
+        load_cpu = read_load_cpu(cd.requests_csv)
+        sup.write_cpu_csv(
+            cd.cpu_csv, since=cpu_before, others={"loadgen": load_cpu} if load_cpu else None
+        )
+        cpu_window_s = time.monotonic() - cpu_t0
         state = _settled_state(direct, harness_tls)
         report = wl.check(state, sent=read_outcomes(cd.requests_csv))
         write_json(
@@ -304,6 +329,7 @@ def run_cell(run_dir: Path, cell: Cell, progress: Callable[[str], None] = print)
             {
                 "workload": wl.name,
                 "system": cell.system,
+                "system_config": system.config,
                 "scenario": scenario.name,
                 "rep": cell.rep,
                 "topology": topo.name,
@@ -313,8 +339,18 @@ def run_cell(run_dir: Path, cell: Cell, progress: Callable[[str], None] = print)
                 "duration_s": scenario.duration_s,
                 "warmup_s": scenario.warmup_s,
                 "crashes": scenario.crashes.__dict__ if scenario.crashes else None,
+                # False: some planned crash hit no process of this system, so the cell is not
+                # comparable with one that suffered them all (no ratio); None: no crash plan.
+                "crashes_applicable": crashes.all_apply,
+                "crashes_planned": crashes.planned,
+                "crashes_not_applicable": list(crashes.not_applicable),
+                "crash_errors": injector.errors,
+                "event_loops": _event_loops(sup),
                 "tls": scenario.tls,
-                "link_security": link_security(cell.system, scenario.tls),
+                "link_security": link_security(system.deployment, scenario.tls),
+                "abort_rate": scenario.abort_rate,
+                "sweep": scenario.sweep,
+                "cpu_window_s": round(cpu_window_s, 3),
             },
         )
         progress(
@@ -324,21 +360,38 @@ def run_cell(run_dir: Path, cell: Cell, progress: Callable[[str], None] = print)
     return cd
 
 
-def _crash_target(sup: Supervisor, system: str) -> Callable[[str], str | None]:
-    """Which process a crash slot hits on this system.
+def _crash_target(sup: Supervisor, system: System) -> Callable[[str], str | None]:
+    """Which process a crash slot hits on this system; None when it has no such process.
 
     In temporal-tuned the only worker lives in the gateway process (eager workflow start needs
-    the starting client and the worker in one process). Killing it would kill the entry point
-    too, so runtime crashes do not apply there: the baseline is spared them (faults.csv says so),
-    which can only flatter it.
+    the starting client and the worker in one process), so the gateway *is* the runtime of every
+    service: a runtime crash kills it, entry point and all, and the load generator retries
+    through its restart. accompanist_py has no server to crash (its state lives in the sidecars,
+    which is the point), so a ``temporal-server`` slot does not apply to it.
     """
+    in_gateway = (
+        system.kind == "temporal" and not TEMPORAL_CONFIGS[system.config].per_service_workers
+    )
 
     def resolve(slot: str) -> str | None:
-        if system == "temporal-tuned" and slot.startswith("runtime:"):
-            return None
+        if in_gateway and slot.startswith("runtime:"):
+            return "gateway"
         return slot if slot in sup.names() else None
 
     return resolve
+
+
+# The load generator is no system under test; it runs Locust on gevent for every system alike.
+LOADGEN_LOOP = "gevent (Locust, the load generator)"
+
+
+def _event_loops(sup: Supervisor) -> dict[str, str]:
+    """The event loop each process announced in its log (accompanist_py.eventloop)."""
+    loops = {"loadgen": LOADGEN_LOOP}
+    for name in sup.names():
+        text = sup.log_path(name).read_text(errors="replace")
+        loops[name] = announced_loop(text) or "not announced"
+    return loops
 
 
 def _write_rows(path: Path, rows: list[dict[str, object]]) -> None:
@@ -349,40 +402,145 @@ def _write_rows(path: Path, rows: list[dict[str, object]]) -> None:
         writer.writerows(rows)
 
 
-def run_matrix(name: str, results_dir: Path = RESULTS_DIR) -> Path:
-    """Run every cell of matrix `name`; returns the run folder."""
-    matrix = MATRICES[name]
-    run_dir = results_dir / new_run_id(name)
-    run_dir.mkdir(parents=True)
-    cells = matrix.cells()
-    write_json(
-        run_dir / "run.json",
-        {
-            "matrix": name,
-            "description": matrix.description,
-            "cells": len(cells),
-            "seed": SEED,
-            "size": SIZE,
-            "abort_rate": ABORT_RATE,
-            "retry_policy": "initial 50 ms, x2, max 1 s, attempt timeout 5 s (both systems)",
-            "sqlite_synchronous": "NORMAL (survives kill -9, the fault model)",
+CellRunner = Callable[[Path, Cell, Callable[[str], None]], CellDir]
+# How a cell fails without taking the run down: a process that would not start, or a load that
+# did not finish. Anything else is a bug in the harness and stops the run.
+CELL_FAILURES = (DeployError, LoadError)
+
+
+def cell_failure(cell: Cell, exc: Exception) -> dict[str, Any]:
+    """The record of a cell that failed to deploy or load (bench.analysis.read_failures)."""
+    load = cell.scenario.load
+    return {
+        "label": cell.label,
+        "workload": cell.workload,
+        "system": cell.system,
+        "scenario": cell.scenario.name,
+        "rep": cell.rep,
+        "sweep": cell.scenario.sweep,
+        "offered_rps": load.rate_rps if load.mode == "open" else None,
+        "crashes": cell.scenario.crashes is not None,
+        "reason": str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+    }
+
+
+@dataclass(frozen=True)
+class SweepStop:
+    """Where one system left a sweep of one workload, and why (None, []: it ran every rate)."""
+
+    workload: str
+    system: str
+    stopped_at_rps: float | None
+    reasons: list[str]
+
+
+def run_sweep(
+    run_dir: Path,
+    sweep: Sweep,
+    run: CellRunner = run_cell,
+    progress: Callable[[str], None] = print,
+) -> list[SweepStop]:
+    """Run a capacity sweep into `run_dir`; returns where and why each (workload, system)
+    stopped.
+
+    For each workload the rates rise from the lowest; at each rate every system still in runs
+    its step, then leaves the sweep if bench.capacity's stop rule fires on that step, or if a
+    cell of the step failed to deploy or load (that is a stop too, not a pass).
+    """
+    cores = machine_cores(run_dir)
+    stops: list[SweepStop] = []
+    for workload in sweep.workloads:
+        running = list(sweep.systems)
+        for rate in sweep.rates_rps:
+            if not running:
+                break
+            progress(f"sweep {sweep.name}, {workload} at {rate:g} sagas/s: {', '.join(running)}")
+            steps: dict[str, list[CellDir]] = {system: [] for system in running}
+            failed: dict[str, list[dict[str, Any]]] = {}
+            for cell in sweep.cells(workload, rate, running):
+                try:
+                    steps[cell.system].append(run(run_dir, cell, progress))
+                except CELL_FAILURES as exc:
+                    failed.setdefault(cell.system, []).append(cell_failure(cell, exc))
+            for system, cells in steps.items():
+                if system in failed:
+                    reasons = [f"cell failed: {failure_text(failed[system])}"]
+                else:
+                    reasons = stop_reasons(step_of(summarise_cells(cells, cores).iloc[0]))
+                if reasons:
+                    progress(f"    {system} stops at {rate:g} sagas/s: {'; '.join(reasons)}")
+                    stops.append(SweepStop(workload, system, rate, reasons))
+                    running.remove(system)
+        stops += [SweepStop(workload, system, None, []) for system in running]
+    return stops
+
+
+def run_plan(
+    plan: Plan,
+    results_dir: Path = RESULTS_DIR,
+    run: CellRunner = run_cell,
+) -> Path:
+    """Run a plan's cells, then its sweeps, into a new results/<run-id>/; returns the folder.
+
+    The folder stays out of git until it is published (bench.results.publish_run). A cell that
+    fails to deploy or load does not stop the run: it is recorded in failed_cells.json (the
+    analysis and the report show it), and the others still run. Where each system left each
+    sweep, and why, goes to capacity_stops.json.
+    """
+    run_dir = new_run_dir(plan.name, results_dir)
+    cells = plan.cells()
+    config = {
+        "plan": plan.name,
+        "matrices": {m.name: m.description for m in plan.matrices},
+        "sweeps": {
+            s.name: f"{s.description} (rates {', '.join(f'{r:g}' for r in s.rates_rps)})"
+            for s in plan.sweeps
         },
-    )
+        "cells": len(cells),
+        "seed": SEED,
+        "size": SIZE,
+        "abort_rate": "per scenario, in each cell.json",
+        "failure_detection": failure_detection(),
+        "sqlite_synchronous": "NORMAL (survives kill -9, the fault model)",
+        "skipped": [f"{scenario} on {system}: not crash tolerant" for system, scenario in
+                    plan.skipped()],
+    }  # fmt: skip
+    write_json(run_dir / "run.json", config)
     write_json(run_dir / "environment.json", collect_environment())
+    sweeps = f" + sweep {', '.join(s.name for s in plan.sweeps)}" if plan.sweeps else ""
     print(
-        f"bench run {name}: {len(cells)} cells, about {matrix.estimated_s() / 60:.0f} min "
-        f"-> {run_dir}"
+        f"bench run {plan.name}: {len(cells)} cells{sweeps}, about "
+        f"{plan.estimated_s() / 60:.0f} min at most -> {run_dir}"
     )
+    for line in config["skipped"]:
+        print(f"  skipped: {line}")
     started = time.monotonic()
-    for i, cell in enumerate(cells, 1):
-        print(
-            f"[{i}/{len(cells)}] {cell.label} (elapsed {time.monotonic() - started:.0f} s)",
-            flush=True,
-        )
-        run_cell(run_dir, cell, progress=lambda m: print(m, flush=True))
+    failures: list[dict[str, Any]] = []
+
+    def run_one(run_dir: Path, cell: Cell, progress: Callable[[str], None]) -> CellDir:
+        print(f"[{cell.label}] (elapsed {time.monotonic() - started:.0f} s)", flush=True)
+        try:
+            return run(run_dir, cell, progress)
+        except CELL_FAILURES as exc:
+            failures.append(cell_failure(cell, exc))
+            write_json(run_dir / FAILED_CELLS_JSON, {"failed_cells": failures})
+            print(f"    FAILED: {exc}", flush=True)
+            raise
+
+    def say(message: str) -> None:
+        print(message, flush=True)
+
+    for cell in cells:
+        with contextlib.suppress(*CELL_FAILURES):
+            run_one(run_dir, cell, say)
+    stops = {sweep.name: [asdict(stop) for stop in run_sweep(run_dir, sweep, run_one, say)]
+             for sweep in plan.sweeps}  # fmt: skip
+    if stops:
+        write_json(run_dir / CAPACITY_STOPS_JSON, stops)
     analyse(run_dir)
     plot_run(run_dir)
     write_report(run_dir)
-    refresh_latest(run_dir, results_dir)
+    if failures:
+        print(f"{len(failures)} cell(s) FAILED: listed in {run_dir / FAILED_CELLS_JSON}")
     print(f"done in {time.monotonic() - started:.0f} s: {run_dir / 'report.md'}")
     return run_dir

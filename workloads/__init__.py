@@ -2,7 +2,8 @@
 
 A workload is a folder `workloads/<name>/` whose `workload.py` exports `WORKLOAD`, a
 `Workload` describing it to the runtime, the Temporal baseline and the harness. `discover()`
-finds them all, so adding a workload means adding a folder (and its Temporal twin).
+finds them all, so adding a workload means adding a folder (and its Temporal twin). A folder
+that holds a family of workloads (the chain saga, one per length) exports `WORKLOADS` instead.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ def discover() -> dict[str, Workload]:
     found = {}
     for path in sorted(Path(__file__).parent.glob("*/workload.py")):
         module = importlib.import_module(f"{__name__}.{path.parent.name}.workload")
-        workload: Workload = module.WORKLOAD
-        found[workload.name] = workload
+        family: tuple[Workload, ...] = getattr(module, "WORKLOADS", None) or (module.WORKLOAD,)
+        for workload in family:
+            found[workload.name] = workload
     return found

@@ -16,11 +16,7 @@ from typing import Any
 import aiohttp
 
 from accompanist_py.saga import commit_key, compensation_payload, undo_key
-
-COMMITTED = "committed"
-COMPENSATED = "compensated"
-REJECTED = "rejected"
-OUTCOMES = (COMMITTED, COMPENSATED, REJECTED)
+from workloads.outcomes import COMMITTED, COMPENSATED, REJECTED
 
 
 @dataclass(frozen=True)

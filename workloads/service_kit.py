@@ -405,6 +405,9 @@ async def serve(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    # The line accompanist_py.eventloop.announce prints for the runtime's processes, spelled out
+    # here because a service never imports the runtime: the harness records every process's loop.
+    print(f"event loop: {type(loop).__module__.split('.')[0]}", flush=True)
     try:
         await stop.wait()
     finally:

@@ -12,6 +12,7 @@ import sys
 
 from aiohttp import web
 
+from accompanist_py import eventloop
 from accompanist_py.errors import ChoreographyError, ConfigError
 from accompanist_py.metrics import Gauge
 from accompanist_py.sidecar.app import Access, build_node, make_app
@@ -42,7 +43,9 @@ async def serve(config_path: str) -> None:
         node.metrics.gauges.append(
             Gauge(
                 "accompanist_connections_refused",
-                "Connections closed at accept for a limit, or for not sending a request in time.",
+                "Connections closed for a limit, or for not sending a request in time once "
+                "connected (a TLS handshake that fails or times out is closed by the TLS "
+                "layer and not counted).",
                 lambda: site.gate.refused,
             )
         )
@@ -55,6 +58,7 @@ async def serve(config_path: str) -> None:
             )
         # Listening now: tell the peers again, so that their resends are not refused.
         await node.transport.announce_ready()
+        eventloop.announce()
         log.info(
             "sidecar %s (%s) listening on %s:%d, mode %s",
             config.name,
@@ -89,13 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
     try:
-        import uvloop
-
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a dependency, but stay runnable
-        runner = asyncio.run
-    try:
-        runner(serve(args.config))
+        eventloop.run(serve(args.config))
     except (ConfigError, ChoreographyError, ImportError, OSError, sqlite3.Error) as exc:
         print(f"sidecar: {exc}", file=sys.stderr)
         return 2

@@ -245,7 +245,8 @@ def parse(raw: dict[str, Any], where: str = "config", base: Path | None = None) 
     lim = raw.get("limits", {})
     try:
         backoff = Backoff(
-            initial_s=_number(t, "retry_initial_s", 0.05), max_s=_number(t, "retry_max_s", 1.0)
+            initial_s=_number(t, "retry_initial_s", Backoff.initial_s),
+            max_s=_number(t, "retry_max_s", Backoff.max_s),
         )
         node_defaults = NodeConfig()
         node = NodeConfig(
@@ -276,8 +277,8 @@ def parse(raw: dict[str, Any], where: str = "config", base: Path | None = None) 
             header_s=_number(t, "header_s", d.header_s),
             idle_s=_number(t, "idle_s", d.idle_s),
         )
-        call_s = _number(t, "service_call_s", 5.0)
-        deadline_s = _number(t, "service_deadline_s", 300.0)
+        call_s = _number(t, "service_call_s", SidecarConfig.service_call_s)
+        deadline_s = _number(t, "service_deadline_s", SidecarConfig.service_deadline_s)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
     if node.max_batch_received < node.max_batch:

@@ -7,6 +7,8 @@ frontend, stops with SIGTERM then SIGKILL, and works as an async context manager
 
     python -m baselines.temporal.devserver --db FILE [--port P]
 
+The CLI wrapper runs on uvloop like every Python process of the benchmark (the server is Go).
+
 The dynamic-config values and SQLite pragmas it passes are in `LATENCY_DYNAMIC_CONFIG` and
 `DURABILITY_PRAGMAS`, each with the reason it is fair to both systems.
 """
@@ -28,6 +30,7 @@ from types import TracebackType
 
 from temporalio.client import Client
 
+from accompanist_py import eventloop
 from workloads.launch import free_port
 
 # Values that lower latency without weakening durability or changing semantics.
@@ -235,6 +238,7 @@ async def _serve(args: argparse.Namespace) -> None:
         loop.add_signal_handler(sig, stopping.set)
     async with server:
         print(json.dumps({"target": server.target, "pid": server.pid}), flush=True)
+        eventloop.announce()
         # Also end if the server dies on its own, so that a supervisor notices.
         while server.pid is not None and not stopping.is_set():
             with contextlib.suppress(TimeoutError):
@@ -248,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=None, help="gRPC port (default: a free one)")
     parser.add_argument("--ip", default="127.0.0.1")
     parser.add_argument("--namespace", default="default")
-    asyncio.run(_serve(parser.parse_args(argv)))
+    eventloop.run(_serve(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -127,19 +127,14 @@ class Saga:
         try:
             if self.dispatch.local_activities:
                 return await workflow.execute_local_activity(
-                    ACTIVITY_NAME,
-                    call,
-                    result_type=dict,
-                    start_to_close_timeout=CALL_POLICY.start_to_close,
-                    retry_policy=CALL_POLICY.retry_policy(),
+                    ACTIVITY_NAME, call, result_type=dict, **CALL_POLICY.local_activity_options()
                 )
             return await workflow.execute_activity(
                 ACTIVITY_NAME,
                 call,
                 result_type=dict,
                 task_queue=self.dispatch.task_queues.get(call.service),
-                start_to_close_timeout=CALL_POLICY.start_to_close,
-                retry_policy=CALL_POLICY.retry_policy(),
+                **CALL_POLICY.activity_options(),
             )
         except (ActivityError, ApplicationError) as error:
             # A regular activity's failure arrives wrapped in ActivityError, a local one's as

@@ -15,7 +15,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from baselines.temporal.saga import SagaInput
-from baselines.temporal.worker import Tuning, dispatch, task_queue
+from baselines.temporal.worker import WORKFLOW_TASKS, Tuning, dispatch, task_queue
 from baselines.temporal.workflows import TemporalWorkload
 
 
@@ -36,6 +36,7 @@ async def run_saga(
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
             request_eager_start=tuning.eager_start,
+            task_timeout=WORKFLOW_TASKS.timeout,
         )
     except WorkflowAlreadyStartedError:
         handle = client.get_workflow_handle(saga_id)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from temporalio.client import Client
 
+from accompanist_py import eventloop
 from baselines.temporal.devserver import DevServer
 from baselines.temporal.starter import run_saga
 from baselines.temporal.worker import (
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         help="the CLI's own dynamic config and SQLite pragmas",
     )
     args = parser.parse_args(argv)
-    asyncio.run(run(args.sagas, args.server_defaults))
+    eventloop.run(run(args.sagas, args.server_defaults))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@ worker also runs the workflows, in the default sandbox. `tuned` is the best hone
 found (measured in README.md): the workflow and its service calls run in one worker hosted by
 the gateway, so the gateway's client gets eager workflow start; the workflow runner is
 unsandboxed and service calls are local activities with the very same timeout and retry policy.
-`deployment()` tells the harness which processes a configuration needs.
+`deployment()` tells the harness which processes a configuration needs. Both configurations
+detect a killed worker with the sidecars' numbers (`WORKFLOW_TASKS` here, `CALL_POLICY` in
+activities.py, README.md *Failure detection*), and a worker process runs on uvloop, as the
+sidecars do (`accompanist_py.eventloop`).
 
     python -m baselines.temporal.worker --config distributed --workload warehouse \
         --service payment --service-url http://127.0.0.1:8002 --temporal 127.0.0.1:7233 \
@@ -35,10 +38,36 @@ from temporalio.client import Client
 from temporalio.worker import PollerBehaviorSimpleMaximum, UnsandboxedWorkflowRunner, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
+from accompanist_py import eventloop
 from accompanist_py.tls import client_context
-from baselines.temporal.activities import ServiceActivities
+from baselines.temporal.activities import CALL_POLICY, ServiceActivities
 from baselines.temporal.saga import Dispatch
 from baselines.temporal.workflows import WORKFLOWS, TemporalWorkload
+
+
+@dataclass(frozen=True)
+class WorkflowTaskPolicy:
+    """How soon a killed worker's workflow tasks move on to its restarted self.
+
+    A workflow task that a worker had started when it was killed waits `timeout_s` (the SDK's
+    default is 10 s); one sent to the sticky queue of a dead worker waits
+    `sticky_schedule_to_start_s` (default 10 s) before going to the normal queue. Both are the
+    sidecars' longest resend interval, as the activity heartbeat timeout is: a restarted sidecar
+    hears from its peers at once, so a restarted worker must find its tasks waiting for it too.
+    A local activity running longer than 80 % of `timeout_s` makes the SDK heartbeat the task,
+    so the short timeout bounds detection only, not the length of a saga.
+    """
+
+    timeout_s: float = CALL_POLICY.heartbeat_timeout_s
+    sticky_schedule_to_start_s: float = CALL_POLICY.heartbeat_timeout_s
+
+    @property
+    def timeout(self) -> timedelta:
+        """`task_timeout` of a workflow start."""
+        return timedelta(seconds=self.timeout_s)
+
+
+WORKFLOW_TASKS = WorkflowTaskPolicy()
 
 
 @dataclass(frozen=True)
@@ -130,6 +159,9 @@ async def running_worker(
         workflow_task_poller_behavior=PollerBehaviorSimpleMaximum(tuning.workflow_pollers),
         activity_task_poller_behavior=PollerBehaviorSimpleMaximum(tuning.activity_pollers),
         disable_eager_activity_execution=not tuning.eager_activities,
+        sticky_queue_schedule_to_start_timeout=timedelta(
+            seconds=WORKFLOW_TASKS.sticky_schedule_to_start_s
+        ),
         # In-flight service calls get a moment to finish; the rest are retried by the server.
         graceful_shutdown_timeout=timedelta(seconds=2),
     )
@@ -264,6 +296,7 @@ async def serve_service(
                 )
             )
         print(f"worker {workload}/{service} ready ({config})", flush=True)
+        eventloop.announce()
         await stopping.wait()
 
 
@@ -283,7 +316,7 @@ def main(argv: list[str] | None = None) -> None:
     files = (args.tls_ca, args.tls_cert, args.tls_key)
     if any(files) and not all(files):
         parser.error("--tls-ca, --tls-cert and --tls-key go together")
-    asyncio.run(
+    eventloop.run(
         serve_service(
             args.config,
             args.workload,

@@ -3,18 +3,37 @@
 Run by :func:`bench.load.run_locust` as ``locust -f this-file --headless ... ClosedLoop|OpenLoop``.
 Every user posts ``{"saga_id", "request"}`` to the gateway's ``POST /sagas/{workload}``, taking
 requests in order from a JSONL file the harness wrote beforehand. This file imports only the
-standard library, gevent and Locust: Locust monkey-patches with gevent, and temporalio (which a
-workload module could drag in) must never be imported into this process.
+standard library, gevent, Locust and ``workloads.outcomes`` (which imports nothing): Locust
+monkey-patches with gevent, and temporalio (which a workload module could drag in) must never be
+imported into this process.
 
 - ``ClosedLoop``: N users, each sends a saga, waits for its outcome, thinks, sends the next.
-- ``OpenLoop``: one scheduler draws Poisson arrivals at ``--rate`` and spawns each request at its
-  intended start. Latency is measured from that intended start, so a stalled system (or a
-  saturated client) shows up as latency instead of as silently fewer requests (coordinated
-  omission). In-flight requests are capped by ``--max-in-flight``; past the cap the scheduler
-  waits, and the wait counts as latency.
+- ``OpenLoop``: one scheduler spawns each request at its intended start, ``--rate`` a second:
+  evenly spaced (``--arrivals fixed``, the default, so that the offered rate is exactly the
+  rate asked for) or Poisson (``--arrivals poisson``). Latency is measured from that intended
+  start, so a stalled system (or a saturated client) shows up as latency instead of as silently
+  fewer requests (coordinated omission). In-flight sagas are capped by ``--max-in-flight``;
+  past the cap the scheduler waits for a slot, and the wait counts as latency, though never
+  past the arrival's deadline nor the end of the run: an arrival the cap kept from being sent
+  by then is an error.
 
-A failed or timed-out request is a row too, with its latency and its error. Rows whose intended
-start falls in the first ``--warmup`` seconds are marked ``warmup = 1``.
+Every saga has one deadline, ``--request-timeout`` seconds after its intended start, retries
+included. A post that gets no answer (the connection is refused, reset or cut off) or a 503
+(the gateway says the system is unreachable or restarting) is posted again with the *same saga
+id*, after ``--retry-initial`` seconds doubling (``--retry-multiplier``) up to ``--retry-max``,
+while the deadline allows: the same policy for every system (the runtime's backoff), and safe
+because the gateway runs a saga id once whatever the number of posts. Any other answer is
+final: an outcome, a 4xx, or a 500 (the saga failed for good, with the reason).
+
+Every scheduled saga gets exactly one row, whatever its number of ``attempts``; its latency runs
+from the intended start to the last answer, or to the moment it was given up: at its deadline
+(``no answer within the request timeout``), at the end of the run for an arrival the in-flight
+cap kept from being sent (``attempts`` 0, ``start`` empty), or when Locust quits for a saga
+still unfinished then (``no answer by the end of the run``). Rows whose intended start falls in
+the first ``--warmup`` seconds are marked ``warmup = 1``. With ``--account-json`` the process
+writes there, when it quits, how many sagas it scheduled and rows it wrote (the harness checks
+that they match) and its own CPU seconds: the load generator's cost, kept apart from the
+system's.
 """
 
 from __future__ import annotations
@@ -23,9 +42,11 @@ import csv
 import itertools
 import json
 import random
+import resource
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +54,8 @@ import gevent
 from gevent.pool import Pool
 from locust import FastHttpUser, events, task
 from locust.exception import StopUser
+
+from workloads.outcomes import OUTCOMES
 
 RAW_COLUMNS = (
     "saga_id",
@@ -45,8 +68,27 @@ RAW_COLUMNS = (
     "reason",
     "error",
     "warmup",
+    "attempts",
 )
-OUTCOMES = ("committed", "compensated", "rejected")
+# Answers worth posting again: none at all (status 0), or the gateway's "unreachable, restarting".
+TRANSIENT_STATUSES = frozenset({0, 503})
+NO_ANSWER_BY_THE_END = "no answer by the end of the run"
+
+
+def _no_answer_in_time() -> str:
+    return f"no answer within the request timeout ({_Run.timeout_s:g} s)"
+
+
+@dataclass
+class _Arrival:
+    """One scheduled saga, owed exactly one row from the moment it is scheduled."""
+
+    saga_id: str
+    request: dict[str, Any]
+    intended: float
+    deadline: float
+    start: float | None = None  # its first post; None while unsent
+    attempts: int = 0
 
 
 class _Run:
@@ -55,10 +97,14 @@ class _Run:
     workload = ""
     t0 = 0.0
     warmup_s = 0.0
+    timeout_s = 30.0
     end: float = 0.0
     requests: Iterator[tuple[str, dict[str, Any]]] = iter(())
     writer: Any = None
     file: Any = None
+    pending: dict[str, _Arrival] = {}  # scheduled, no row yet
+    scheduled = 0
+    rows = 0
 
 
 @events.init_command_line_parser.add_listener
@@ -70,9 +116,16 @@ def _arguments(parser: Any) -> None:
     group.add_argument("--rate", type=float, default=10.0, help="open loop: arrivals per second")
     group.add_argument("--think-time", type=float, default=0.0, help="closed loop: seconds")
     group.add_argument("--warmup", type=float, default=0.0, help="seconds marked as warm-up")
-    group.add_argument("--request-timeout", type=float, default=30.0)
+    group.add_argument("--request-timeout", type=float, default=30.0, help="one saga's deadline")
     group.add_argument("--max-in-flight", type=int, default=500)
     group.add_argument("--arrival-seed", type=int, default=0)
+    group.add_argument("--arrivals", choices=("fixed", "poisson"), default="fixed")
+    group.add_argument(
+        "--account-json", default="", help="where to write sagas scheduled, rows, CPU seconds"
+    )
+    group.add_argument("--retry-initial", type=float, default=0.05, help="first retry delay, s")
+    group.add_argument("--retry-max", type=float, default=1.0, help="longest retry delay, s")
+    group.add_argument("--retry-multiplier", type=float, default=2.0)
 
 
 def _cycle(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -90,6 +143,45 @@ def _cycle(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
             yield f"{item['saga_id']}{suffix}", item["request"]
 
 
+def _arrive(intended: float) -> _Arrival:
+    """The next request as a saga due at `intended`; from now on it is owed one row."""
+    saga_id, request = next(_Run.requests)
+    arrival = _Arrival(saga_id, request, intended, deadline=intended + _Run.timeout_s)
+    _Run.pending[saga_id] = arrival
+    _Run.scheduled += 1
+    return arrival
+
+
+def _record(
+    arrival: _Arrival,
+    status: int = 0,
+    outcome: str = "",
+    reason: str = "",
+    error: str = "",
+) -> None:
+    """Write the row of `arrival`, ending now, unless it has one already (then it was given up
+    when Locust quit, and what it hears later is too late to count)."""
+    if _Run.pending.pop(arrival.saga_id, None) is None or _Run.writer is None:
+        return
+    end = time.time()
+    _Run.writer.writerow(
+        (
+            arrival.saga_id,
+            f"{arrival.intended:.6f}",
+            "" if arrival.start is None else f"{arrival.start:.6f}",
+            f"{end:.6f}",
+            f"{(end - arrival.intended) * 1000:.3f}",
+            status,
+            outcome,
+            reason,
+            error,
+            int(arrival.intended < _Run.t0 + _Run.warmup_s),
+            arrival.attempts,
+        )
+    )
+    _Run.rows += 1
+
+
 @events.init.add_listener
 def _init(environment: Any, **_: Any) -> None:
     opts = environment.parsed_options
@@ -97,7 +189,9 @@ def _init(environment: Any, **_: Any) -> None:
         return
     _Run.workload = opts.workload
     _Run.warmup_s = opts.warmup
+    _Run.timeout_s = opts.request_timeout
     _Run.requests = _cycle(Path(opts.requests_file))
+    # A backstop only: every post is cut off at its saga's deadline (_SagaUser._post).
     for user in (ClosedLoop, OpenLoop):
         user.network_timeout = opts.request_timeout
         user.connection_timeout = opts.request_timeout
@@ -119,62 +213,92 @@ def _test_start(environment: Any, **_: Any) -> None:
 
 
 @events.quitting.add_listener
-def _quitting(**_: Any) -> None:
+def _quitting(environment: Any = None, **_: Any) -> None:
+    # Sagas still unfinished now (Locust stopped waiting for them) are errors, not omissions.
+    for arrival in list(_Run.pending.values()):
+        _record(arrival, error=NO_ANSWER_BY_THE_END)
     if _Run.file is not None:
         _Run.file.close()
-        _Run.file = None
+        _Run.file = _Run.writer = None
+    opts = getattr(environment, "parsed_options", None)
+    if opts is not None and opts.account_json:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        account = {
+            "scheduled": _Run.scheduled,
+            "rows": _Run.rows,
+            "cpu_user_s": usage.ru_utime,
+            "cpu_system_s": usage.ru_stime,
+        }
+        Path(opts.account_json).write_text(json.dumps(account))
 
 
 class _SagaUser(FastHttpUser):
     abstract = True
 
-    def saga(self, intended_start: float) -> None:
-        """Post one saga and record it; never raises for a failed request."""
-        saga_id, request = next(_Run.requests)
-        start = time.time()
+    def saga(self, arrival: _Arrival) -> None:
+        """Post one saga until it has a final answer or its deadline passes, and record it;
+        never raises for a failed request."""
+        opts = self.environment.parsed_options
         status, outcome, reason, error = 0, "", "", ""
-        with self.client.post(
-            f"/sagas/{_Run.workload}",
-            json={"saga_id": saga_id, "request": request},
-            name=f"/sagas/{_Run.workload}",
-            catch_response=True,
-        ) as resp:
-            status = resp.status_code or 0
-            # Connection errors and timeouts leave no status; the exception sits in one of two
-            # places depending on where geventhttpclient gave up.
-            failure = getattr(resp, "error", None) or resp.request_meta.get("exception")
-            if status == 0:
-                error = repr(failure) if failure is not None else "no response"
-            elif status != 200:
-                error = f"HTTP {status}: {(resp.text or '')[:200]}"
-            else:
-                try:
-                    body = resp.json()
-                    outcome, reason = body.get("outcome") or "", body.get("reason") or ""
-                except (ValueError, AttributeError):
-                    error = f"bad JSON: {(resp.text or '')[:200]}"
-                if not error and outcome not in OUTCOMES:
-                    error = f"unknown outcome {outcome!r}"
-            if error:
-                resp.failure(error)
-            else:
-                resp.success()
-        end = time.time()
-        if _Run.writer is not None:
-            _Run.writer.writerow(
-                (
-                    saga_id,
-                    f"{intended_start:.6f}",
-                    f"{start:.6f}",
-                    f"{end:.6f}",
-                    f"{(end - intended_start) * 1000:.3f}",
-                    status,
-                    outcome,
-                    reason,
-                    error,
-                    int(intended_start < _Run.t0 + _Run.warmup_s),
-                )
+        while (remaining := arrival.deadline - time.time()) > 0:
+            arrival.start = arrival.start or time.time()
+            arrival.attempts += 1
+            status, outcome, reason, error = self._post(arrival, remaining)
+            delay = min(
+                opts.retry_max, opts.retry_initial * opts.retry_multiplier ** (arrival.attempts - 1)
             )
+            if not error or status not in TRANSIENT_STATUSES:
+                break
+            if time.time() + delay >= arrival.deadline:
+                break
+            gevent.sleep(delay)
+        if not arrival.attempts:
+            error = f"not sent within the request timeout ({_Run.timeout_s:g} s)"
+        _record(arrival, status, outcome, reason, error)
+
+    def _post(self, arrival: _Arrival, timeout_s: float) -> tuple[int, str, str, str]:
+        """One attempt, cut off after `timeout_s`: (status, outcome, reason, error), status 0
+        when nothing answered."""
+        status, outcome, reason, error = 0, "", "", ""
+        timer = gevent.Timeout(timeout_s)
+        timer.start()
+        try:
+            with self.client.post(
+                f"/sagas/{_Run.workload}",
+                json={"saga_id": arrival.saga_id, "request": arrival.request},
+                name=f"/sagas/{_Run.workload}",
+                catch_response=True,
+            ) as resp:
+                status = resp.status_code or 0
+                # Connection errors and timeouts leave no status; the exception sits in one of
+                # two places depending on where geventhttpclient gave up (the deadline's timer
+                # comes back wrapped in one of them).
+                failure = getattr(resp, "error", None) or resp.request_meta.get("exception")
+                if status == 0 and not timer.pending:
+                    error = _no_answer_in_time()
+                elif status == 0:
+                    error = repr(failure) if failure is not None else "no response"
+                elif status != 200:
+                    error = f"HTTP {status}: {(resp.text or '')[:200]}"
+                else:
+                    try:
+                        body = resp.json()
+                        outcome, reason = body.get("outcome") or "", body.get("reason") or ""
+                    except (ValueError, AttributeError):
+                        error = f"bad JSON: {(resp.text or '')[:200]}"
+                    if not error and outcome not in OUTCOMES:
+                        error = f"unknown outcome {outcome!r}"
+                if error:
+                    resp.failure(error)
+                else:
+                    resp.success()
+        except gevent.Timeout as fired:
+            if fired is not timer:
+                raise
+            return 0, "", "", _no_answer_in_time()
+        finally:
+            timer.close()
+        return status, outcome, reason, error
 
 
 class ClosedLoop(_SagaUser):
@@ -185,27 +309,51 @@ class ClosedLoop(_SagaUser):
 
     @task
     def one_saga(self) -> None:
-        self.saga(time.time())
+        self.saga(_arrive(time.time()))
+
+
+def _intended_starts(first: float, end: float, opts: Any) -> Iterator[float]:
+    """The open loop's arrival times from `first` until `end`: evenly spaced, or Poisson."""
+    if opts.arrivals == "fixed":
+        # Multiplied, never summed, so that the gaps stay exact over a long run.
+        yield from itertools.takewhile(
+            lambda t: t < end, (first + i / opts.rate for i in itertools.count())
+        )
+        return
+    rng = random.Random(opts.arrival_seed)
+    intended = first
+    while intended < end:
+        yield intended
+        intended += rng.expovariate(opts.rate)
 
 
 class OpenLoop(_SagaUser):
-    """Exactly one of these: the Poisson arrival scheduler."""
+    """Exactly one of these: the arrival scheduler."""
 
     fixed_count = 1
 
     @task
     def schedule(self) -> None:
         opts = self.environment.parsed_options
-        rng = random.Random(opts.arrival_seed)
+        # Every arrival of the run is scheduled (and owed a row) up front.
+        arrivals = [_arrive(t) for t in _intended_starts(time.time(), _Run.end, opts)]
         pool = Pool(opts.max_in_flight)
-        intended = time.time()
-        while intended < _Run.end:
-            delay = intended - time.time()
-            if delay > 0:
-                gevent.sleep(delay)
-            # Blocks while max_in_flight requests are outstanding; the request still carries its
-            # intended start, so the wait is counted.
-            pool.spawn(self.saga, intended)
-            intended += rng.expovariate(opts.rate)
+        for i, arrival in enumerate(arrivals):
+            gevent.sleep(max(0.0, arrival.intended - time.time()))
+            # Past the cap, wait for a slot: the request keeps its intended start, so the wait
+            # counts; but never past the arrival's deadline nor the end of the run.
+            wait_s = min(arrival.deadline, _Run.end) - time.time()
+            if pool.wait_available(timeout=max(0.0, wait_s)):
+                pool.spawn(self.saga, arrival)
+            elif time.time() < _Run.end:
+                _record(arrival, error=self._cap_full("its request timeout", opts))
+            else:
+                for unsent in arrivals[i:]:
+                    _record(unsent, error=self._cap_full("the end of the run", opts))
+                break
         pool.join(timeout=opts.request_timeout + 1.0)
         raise StopUser()
+
+    @staticmethod
+    def _cap_full(until: str, opts: Any) -> str:
+        return f"not sent: {opts.max_in_flight} sagas (--max-in-flight) in flight until {until}"

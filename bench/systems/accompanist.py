@@ -19,6 +19,8 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+from accompanist_py.backoff import Backoff
+from accompanist_py.sidecar.config import SidecarConfig
 from accompanist_py.tls import TLSFiles
 from bench.credentials import CellCredentials
 from bench.deploy import ProcessSpec, Supervisor
@@ -64,9 +66,10 @@ def sidecar_config(
         'synchronous = "NORMAL"',
         "[timeouts]",
         f"receive_s = {receive_s}",
-        "service_call_s = 5.0",
-        "retry_initial_s = 0.05",
-        "retry_max_s = 1.0",
+        # The sidecar's own defaults, which the Temporal baseline's CALL_POLICY also reads.
+        f"service_call_s = {SidecarConfig.service_call_s}",
+        f"retry_initial_s = {Backoff.initial_s}",
+        f"retry_max_s = {Backoff.max_s}",
         "[peers]",
         *(f'{r} = "{url}"' for r, url in sorted(peers.items()) if r != role),
     ]

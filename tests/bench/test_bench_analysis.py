@@ -118,10 +118,15 @@ def test_summary_excludes_warmup_and_counts_failures(run: Path) -> None:
     # 1100 requests ran (warm-up included) and the loadgen's CPU is not the system's.
     assert acc.cpu_s_per_saga == pytest.approx(11.0 / 1100)
     assert acc.p50_ci_low <= acc.p50_ms <= acc.p50_ci_high
-    # 1000 ok over a window from the first measured intended start to the last end.
-    assert acc.throughput_rps == pytest.approx(1000 / (99.9 + 1.0), rel=1e-3)
+    # Sagas that arrived in the measured window (from the first measured intended start up to
+    # the last, 99.9 s) and succeeded, however late they ended: all 999, whatever the latency.
+    assert acc.throughput_rps == pytest.approx(999 / 99.9, rel=1e-6)
+    assert acc.arrival_rps == pytest.approx(10.0)
     tmp = summary.loc["temporal-distributed"]
     assert tmp.requests == 1000 and tmp.errors == 10 and tmp.ok == 990
+    # Its last 10 failed: the 9 of them inside the window are no throughput.
+    assert tmp.throughput_rps == pytest.approx(990 / 99.9, rel=1e-6)
+    assert (tmp.status, tmp.failure) == ("ok", "")
     assert tmp.max_ms == pytest.approx(2000)
     assert tmp.consistent == False  # noqa: E712
 
@@ -151,10 +156,14 @@ def test_bootstrap_interval_is_reproducible_and_brackets_the_statistic() -> None
 
 
 def test_analyse_plot_report_and_latest_from_a_run_folder(run: Path) -> None:
-    summary_path, ratios_path = analyse(run)
+    summary_path, ratios_path, capacity_path, cpu_path = analyse(run)
     summary = pd.read_csv(summary_path)
     assert set(CONTRACT_COLUMNS) <= set(summary.columns)
     assert len(summary) == 2 and len(pd.read_csv(ratios_path)) == 1
+    assert pd.read_csv(capacity_path).empty  # no sweep in this run
+    cpu = pd.read_csv(cpu_path).set_index(["system", "kind"])
+    assert cpu.loc[("accompanist", "loadgen"), "harness"]
+    assert cpu.loc[("accompanist", "runtime"), "cpu_s_per_saga"] == pytest.approx(11.0 / 1100)
     charts = plot_run(run)
     names = {c.name for c in charts}
     assert {"cdf_warehouse_three-zones.png", "percentiles_warehouse_three-zones.png",

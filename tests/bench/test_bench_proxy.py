@@ -1,19 +1,37 @@
-"""The latency proxy: delay per direction, byte order, half-close, resets, the CLI."""
+"""The latency proxy: delay per direction, byte order, half-close, resets, the CLI, delays changed
+while it runs, and the probe of what it adds under load."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import random
 import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from bench.proxy import LatencyProxy, LinkSpec, measure_round_trip
+from bench.deploy import free_ports
+from bench.proxy import (
+    DIRECT,
+    PROXY_CSV,
+    LatencyProxy,
+    LinkProbe,
+    LinkSpec,
+    measure_round_trip,
+    proxy_added,
+    set_delays,
+)
+from bench.topology import write_links_file
 
 DELAY_MS = 40.0
 SLACK_MS = 200.0  # generous: this box has two busy cores
@@ -183,7 +201,157 @@ def test_cli_hosts_several_links_and_prints_their_bound_ports() -> None:
             server.close()
 
     async def proxy_line(proc: asyncio.subprocess.Process) -> bytes:
+        """The next line describing a link (the process also says how it is scheduled)."""
         assert proc.stdout is not None
-        return await proc.stdout.readline()
+        while not (line := await proc.stdout.readline()).startswith(b"{"):
+            assert line, "the proxy exited"
+        return line
 
     asyncio.run(scenario())
+
+
+async def _round_trip_ms(port: int) -> float:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    t0 = time.perf_counter()
+    writer.write(b"ping")
+    await writer.drain()
+    await reader.readexactly(4)
+    writer.close()
+    return (time.perf_counter() - t0) * 1000
+
+
+async def test_a_running_link_takes_a_new_delay_and_an_unknown_name_changes_nothing(
+    echo_port: int,
+) -> None:
+    links = [LinkSpec("a", echo_port, 1.0), LinkSpec("b", echo_port, 1.0)]
+    async with LatencyProxy(links) as proxy:
+        assert proxy.set_delay(DELAY_MS, ["a"]) == ["a"]
+        assert await _round_trip_ms(proxy.port("a")) >= 2 * DELAY_MS
+        assert proxy.links["b"].delay_ms == 1.0
+        with pytest.raises(KeyError):
+            proxy.set_delay(5.0, ["a", "nowhere"])
+        assert proxy.links["a"].delay_ms == DELAY_MS
+        assert proxy.set_delay(0.0) == ["a", "b"]
+        with pytest.raises(ValueError):
+            proxy.set_delay(-1.0)
+
+
+class _EchoThread:
+    """An echo server on its own event loop, for tests whose main thread blocks."""
+
+    def __init__(self) -> None:
+        self.port = free_ports(1)[0]
+        ready = threading.Event()
+
+        async def serve() -> None:
+            self.loop = asyncio.get_running_loop()
+            self.stop = asyncio.Event()
+            server = await asyncio.start_server(_echo, "127.0.0.1", self.port)
+            ready.set()
+            await self.stop.wait()
+            server.close()
+
+        self.thread = threading.Thread(target=asyncio.run, args=(serve(),))
+        self.thread.start()
+        ready.wait(10)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.stop.set)
+        self.thread.join()
+
+
+@contextlib.contextmanager
+def _proxy_process(links: list[LinkSpec], folder: Path, *extra: str) -> Iterator[None]:
+    """``python -m bench.proxy --links FILE`` until the block ends, as the harness runs it."""
+    path = write_links_file(links, folder / "links.toml")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.proxy", "--links", str(path), *extra],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        while proc.stdout.readline().strip() != b"ready":
+            assert proc.poll() is None
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+def echo_thread() -> Iterator[_EchoThread]:
+    echo = _EchoThread()
+    yield echo
+    echo.close()
+
+
+def _two_links(echo: _EchoThread, ports: Iterator[int]) -> list[LinkSpec]:
+    return [
+        LinkSpec(name, echo.port, delay, listen_port=next(ports))
+        for name, delay in (("slow", 20.0), ("fast", 2.0))
+    ]
+
+
+def test_the_control_port_sets_delays_of_a_proxy_process_and_refuses_unknown_links(
+    echo_thread: _EchoThread, tmp_path: Path
+) -> None:
+    ports = iter(free_ports(3))
+    slow, fast = links = _two_links(echo_thread, ports)
+    control = ("127.0.0.1", next(ports))
+    with _proxy_process(links, tmp_path, "--control", f"{control[0]}:{control[1]}"):
+        assert asyncio.run(set_delays(control, 30.0, ["fast"])) == ["fast"]
+        assert asyncio.run(_round_trip_ms(fast.listen_port)) >= 60.0
+        assert asyncio.run(set_delays(control, 0.0)) == ["slow", "fast"]
+        assert asyncio.run(_round_trip_ms(slow.listen_port)) < 2 * slow.delay_ms
+        with pytest.raises(RuntimeError, match="nowhere"):
+            asyncio.run(set_delays(control, 5.0, ["nowhere"]))
+
+
+def test_the_probe_reports_what_the_proxy_adds_to_each_link(
+    echo_thread: _EchoThread, tmp_path: Path
+) -> None:
+    ports = iter(free_ports(5))
+    links = _two_links(echo_thread, ports)
+    probe = LinkProbe(links, ports, interval_s=0.05)
+    assert {t.name for t in probe.twins} == {"probe:slow", "probe:fast"}
+    assert {t.target_port for t in probe.twins} == {probe.echo_port}
+    assert [t.delay_ms for t in probe.twins] == [20.0, 2.0]
+    with (
+        _proxy_process([*links, *probe.twins], tmp_path),
+        probe.running(tmp_path / PROXY_CSV, after_s=0.1),
+    ):
+        time.sleep(1.5)
+    table = pd.read_csv(tmp_path / PROXY_CSV).set_index("link")
+    assert set(table.index) == {"slow", "fast", DIRECT}
+    assert (table["samples"] > 3).all() and (table["errors"] == 0).all()
+    assert table.loc["slow", "configured_one_way_ms"] == 20.0
+    # The proxy never delivers early, so what it adds is never negative.
+    assert (table.loc[["slow", "fast"], "added_p50_ms"] >= 0).all()
+    figure = proxy_added(tmp_path)
+    assert figure["proxy_added_p50_ms"] == table.loc[["slow", "fast"], "added_p50_ms"].max()
+    assert figure["proxy_probes"] == table.loc[["slow", "fast"], "samples"].sum()
+    assert proxy_added(tmp_path / "elsewhere") == {}
+
+
+def test_a_probe_without_links_writes_nothing(tmp_path: Path) -> None:
+    with LinkProbe([], iter(())).running(tmp_path / PROXY_CSV):
+        pass
+    assert not (tmp_path / PROXY_CSV).exists()
+
+
+async def test_the_release_clock_calls_every_callback_and_never_early() -> None:
+    from bench.proxy import _ReleaseClock
+
+    clock, rng = _ReleaseClock(), random.Random(4)
+    fired: list[tuple[float, float]] = []
+    done = asyncio.get_running_loop().create_future()
+    start = time.monotonic()
+    whens = sorted(start + rng.uniform(0.0005, 0.05) for _ in range(300))
+    for when in rng.sample(whens, len(whens)):
+        clock.call_at(when, lambda w=when: fired.append((w, time.monotonic())))
+    clock.call_at(whens[-1], lambda: done.set_result(None))
+    await asyncio.wait_for(done, 10)
+    clock.close()
+    assert len(fired) == len(whens)
+    # It wakes early by its measured wake-up latency, then waits out the rest.
+    assert all(at >= when for when, at in fired)

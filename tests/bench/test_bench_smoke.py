@@ -51,3 +51,13 @@ def test_a_short_cell_runs_checks_consistent_and_leaves_no_process(
     assert row["requests"] == row["ok"] + row["errors"]
     assert row["committed"] + row["compensated"] + row["rejected"] == row["ok"]
     assert bool(row["consistent"])
+
+
+def test_accompanist_default_runs_in_memory_and_consistently(tmp_path: Path) -> None:
+    cell = run_checked_cell(tmp_path, "accompanist-default", SMOKE)
+    for role in ("warehouse", "payment", "loyalty"):
+        assert 'mode = "default"' in (cell.path / f"sidecar-{role}.toml").read_text()
+        assert not (cell.path / f"sidecar-{role}.db").exists()  # nothing was made durable
+    assert cell.meta()["system_config"] == "default"
+    cpu = pd.read_csv(cell.cpu_csv).set_index("process")
+    assert cpu.loc["loadgen", "cpu_s"] > 0  # Locust's own CPU, kept apart from the system's

@@ -167,7 +167,7 @@ def test_the_gateway_starts_sagas_with_a_bearer_token_and_is_refused_without_one
         assert status == 200 and outcome["outcome"] == "committed", outcome
         with running_gateway(anonymous, tmp_path) as (url, _):
             status, refused = _post(f"{url}/sagas/warehouse", {**saga, "saga_id": "other"})
-        assert status == 502 and "401" in refused["error"], refused
+        assert status == 500 and "401" in refused["error"], refused
         with running_gateway(with_certificate, tmp_path) as (url, _):
             status, again = _post(f"{url}/sagas/warehouse", saga)
         assert status == 200 and again == outcome, "a certificate client reads the same saga"
