@@ -4,20 +4,18 @@ A comparison of runtimes is only fair if they run on the same event loop, so the
 benchmark gateway and the Temporal workers all start through :func:`run` (the workload services,
 which never import the runtime, do the same by hand). Once a process serves, it calls
 :func:`announce`, which prints one line, ``event loop: <name>`` (``uvloop`` or ``asyncio``), on
-standard output, so that a harness reading the process's log can record which loop it really
-had (:func:`announced_loop`), rather than which one it was meant to.
+standard output, so that whoever reads the process's log can tell which loop it really had,
+rather than which one it was meant to.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 ANNOUNCEMENT = "event loop: "
-_ANNOUNCED = re.compile(rf"^{ANNOUNCEMENT}(\S+)", re.MULTILINE)
 
 
 def loop_name(loop: asyncio.AbstractEventLoop) -> str:
@@ -37,9 +35,3 @@ def run(main: Coroutine[Any, Any, T]) -> T:
 def announce() -> None:
     """Print which loop runs this process (call it from the loop, once the process serves)."""
     print(f"{ANNOUNCEMENT}{loop_name(asyncio.get_running_loop())}", flush=True)
-
-
-def announced_loop(log_text: str) -> str | None:
-    """The loop the last incarnation in a process log announced, or None if none did."""
-    found = _ANNOUNCED.findall(log_text)
-    return found[-1] if found else None

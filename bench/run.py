@@ -30,7 +30,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from accompanist_py.eventloop import announced_loop
 from baselines.temporal.worker import CONFIGS as TEMPORAL_CONFIGS
 from baselines.temporal.worker import deployment as temporal_deployment
 from bench.analysis import (
@@ -51,7 +50,7 @@ from bench.credentials import (
     temporal_worker,
 )
 from bench.deploy import DeployError, ProcessSpec, Supervisor, free_ports
-from bench.fairness import failure_detection
+from bench.fairness import announced_loop, write_failure_detection
 from bench.faults import FaultInjector, applicability, crash_schedule
 from bench.load import LoadError, read_load_cpu, read_outcomes, run_locust, write_requests
 from bench.matrix import SYSTEMS, Cell, Plan, Sweep, System
@@ -169,7 +168,7 @@ def _start_temporal(
             startup_timeout_s=90.0,
         )
     )
-    if config == "tuned":
+    if not TEMPORAL_CONFIGS[config].per_service_workers:
         # The gateway hosts the worker (eager start), so it calls every service from its zone.
         urls = {s: net.url("gateway", f"service:{s}") for s in wl.services}
     else:
@@ -500,7 +499,6 @@ def run_plan(
         "seed": SEED,
         "size": SIZE,
         "abort_rate": "per scenario, in each cell.json",
-        "failure_detection": failure_detection(),
         "sqlite_synchronous": "NORMAL (survives kill -9, the fault model)",
         "skipped": [f"{scenario} on {system}: not crash tolerant" for system, scenario in
                     plan.skipped()],
@@ -537,6 +535,7 @@ def run_plan(
              for sweep in plan.sweeps}  # fmt: skip
     if stops:
         write_json(run_dir / CAPACITY_STOPS_JSON, stops)
+    write_failure_detection(run_dir)
     analyse(run_dir)
     plot_run(run_dir)
     write_report(run_dir)

@@ -13,9 +13,9 @@ imported into this process.
   rate asked for) or Poisson (``--arrivals poisson``). Latency is measured from that intended
   start, so a stalled system (or a saturated client) shows up as latency instead of as silently
   fewer requests (coordinated omission). In-flight sagas are capped by ``--max-in-flight``;
-  past the cap the scheduler waits for a slot, and the wait counts as latency, though never
-  past the arrival's deadline nor the end of the run: an arrival the cap kept from being sent
-  by then is an error.
+  past the cap the scheduler waits for a slot, and the wait counts as latency (it eats into
+  the saga's deadline); an arrival the cap kept from being sent by the end of the run is an
+  error.
 
 Every saga has one deadline, ``--request-timeout`` seconds after its intended start, retries
 included. A post that gets no answer (the connection is refused, reset or cut off) or a 503
@@ -79,6 +79,10 @@ def _no_answer_in_time() -> str:
     return f"no answer within the request timeout ({_Run.timeout_s:g} s)"
 
 
+def _not_sent(until: str) -> str:
+    return f"not sent: {_Run.max_in_flight} sagas (--max-in-flight) in flight until {until}"
+
+
 @dataclass
 class _Arrival:
     """One scheduled saga, owed exactly one row from the moment it is scheduled."""
@@ -98,6 +102,7 @@ class _Run:
     t0 = 0.0
     warmup_s = 0.0
     timeout_s = 30.0
+    max_in_flight = 500
     end: float = 0.0
     requests: Iterator[tuple[str, dict[str, Any]]] = iter(())
     writer: Any = None
@@ -105,13 +110,14 @@ class _Run:
     pending: dict[str, _Arrival] = {}  # scheduled, no row yet
     scheduled = 0
     rows = 0
+    stopping = False  # Locust has begun to stop the users: no new closed-loop saga
 
 
 @events.init_command_line_parser.add_listener
 def _arguments(parser: Any) -> None:
     group = parser.add_argument_group("accompanist bench")
     group.add_argument("--requests-file", required=True, help="JSONL of {saga_id, request}")
-    group.add_argument("--raw-csv", required=True, help="where to write one row per request")
+    group.add_argument("--raw-csv", required=True, help="where to write one row per saga")
     group.add_argument("--workload", required=True)
     group.add_argument("--rate", type=float, default=10.0, help="open loop: arrivals per second")
     group.add_argument("--think-time", type=float, default=0.0, help="closed loop: seconds")
@@ -190,6 +196,7 @@ def _init(environment: Any, **_: Any) -> None:
     _Run.workload = opts.workload
     _Run.warmup_s = opts.warmup
     _Run.timeout_s = opts.request_timeout
+    _Run.max_in_flight = opts.max_in_flight
     _Run.requests = _cycle(Path(opts.requests_file))
     # A backstop only: every post is cut off at its saga's deadline (_SagaUser._post).
     for user in (ClosedLoop, OpenLoop):
@@ -210,6 +217,13 @@ def _test_start(environment: Any, **_: Any) -> None:
     _Run.file = raw.open("w", newline="")
     _Run.writer = csv.writer(_Run.file)
     _Run.writer.writerow(RAW_COLUMNS)
+
+
+@events.test_stopping.add_listener
+def _test_stopping(**_: Any) -> None:
+    # Locust kills a user that is thinking; one that wakes up as the kill is delivered must not
+    # start a saga that the kill would then cut off.
+    _Run.stopping = True
 
 
 @events.quitting.add_listener
@@ -253,7 +267,7 @@ class _SagaUser(FastHttpUser):
                 break
             gevent.sleep(delay)
         if not arrival.attempts:
-            error = f"not sent within the request timeout ({_Run.timeout_s:g} s)"
+            error = _not_sent("its deadline")
         _record(arrival, status, outcome, reason, error)
 
     def _post(self, arrival: _Arrival, timeout_s: float) -> tuple[int, str, str, str]:
@@ -309,6 +323,8 @@ class ClosedLoop(_SagaUser):
 
     @task
     def one_saga(self) -> None:
+        if _Run.stopping:
+            raise StopUser()
         self.saga(_arrive(time.time()))
 
 
@@ -341,19 +357,13 @@ class OpenLoop(_SagaUser):
         for i, arrival in enumerate(arrivals):
             gevent.sleep(max(0.0, arrival.intended - time.time()))
             # Past the cap, wait for a slot: the request keeps its intended start, so the wait
-            # counts; but never past the arrival's deadline nor the end of the run.
-            wait_s = min(arrival.deadline, _Run.end) - time.time()
-            if pool.wait_available(timeout=max(0.0, wait_s)):
+            # counts. A slot frees by the deadline of the sagas in flight, all due before this
+            # one, so only the end of the run bounds the wait.
+            if pool.wait_available(timeout=max(0.0, _Run.end - time.time())):
                 pool.spawn(self.saga, arrival)
-            elif time.time() < _Run.end:
-                _record(arrival, error=self._cap_full("its request timeout", opts))
-            else:
-                for unsent in arrivals[i:]:
-                    _record(unsent, error=self._cap_full("the end of the run", opts))
-                break
+                continue
+            for unsent in arrivals[i:]:
+                _record(unsent, error=_not_sent("the end of the run"))
+            break
         pool.join(timeout=opts.request_timeout + 1.0)
         raise StopUser()
-
-    @staticmethod
-    def _cap_full(until: str, opts: Any) -> str:
-        return f"not sent: {opts.max_in_flight} sagas (--max-in-flight) in flight until {until}"

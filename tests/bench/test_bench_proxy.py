@@ -329,6 +329,8 @@ def test_the_probe_reports_what_the_proxy_adds_to_each_link(
     assert (table.loc[["slow", "fast"], "added_p50_ms"] >= 0).all()
     figure = proxy_added(tmp_path)
     assert figure["proxy_added_p50_ms"] == table.loc[["slow", "fast"], "added_p50_ms"].max()
+    own = figure["proxy_added_p50_ms"] - table.loc[DIRECT, "added_p50_ms"]
+    assert figure["proxy_own_p50_ms"] == pytest.approx(own)
     assert figure["proxy_probes"] == table.loc[["slow", "fast"], "samples"].sum()
     assert proxy_added(tmp_path / "elsewhere") == {}
 
