@@ -48,7 +48,7 @@ from bench.matrix import BASELINE_SYSTEM, SYSTEMS
 from bench.proxy import set_delays
 from bench.report import collect_environment, markdown_table
 from bench.results import RESULTS_DIR, CellDir, cell_dir, new_run_dir, write_json
-from bench.run import _Network, _settled_state, _start_accompanist, _start_temporal
+from bench.run import Network, settled_state, start_accompanist, start_temporal
 from bench.topology import (
     SagaShape,
     Topology,
@@ -168,7 +168,7 @@ def deployed(cd: CellDir, workload: Workload, system: str) -> Iterator[Deploymen
     ports = {p: free_port() for p in listening}
     zones = len(set(placement.values()))
     links = plan_links(topology, placement, ports, iter(free_ports(len(ports) * zones)))
-    net = _Network(placement, ports, links)
+    net = Network(placement, ports, links)
     control = ("127.0.0.1", free_port())
     with Supervisor(cell_path) as sup:
         links_file = write_links_file(list(links.values()), cell_path / "links.toml")
@@ -187,9 +187,9 @@ def deployed(cd: CellDir, workload: Workload, system: str) -> Iterator[Deploymen
             )
             sup.start(ProcessSpec(f"service:{s}", argv, health_url=f"{direct[s]}/health"))
         if kind == "accompanist":
-            backend = _start_accompanist(sup, workload, net, None, SYSTEMS[system].config)
+            backend = start_accompanist(sup, workload, net, None, SYSTEMS[system].config)
         else:
-            backend = _start_temporal(sup, cd, workload, net, SYSTEMS[system].config, None)
+            backend = start_temporal(sup, cd, workload, net, SYSTEMS[system].config, None)
         gateway = f"http://127.0.0.1:{ports['gateway']}"
         sup.start(
             ProcessSpec(
@@ -268,7 +268,7 @@ def sweep_one(
                 f"p99 {percentile_ms(measured, 99):.1f} ms, {failed} failed"
             )
         sent = {r["saga_id"]: r["outcome"] or None for r in [*settle, *rows]}
-        report = workload.check(_settled_state(deployment.services), sent=sent)
+        report = workload.check(settled_state(deployment.services), sent=sent)
     if not report.ok:
         progress("    INCONSISTENT: " + report.summary())
     return rows, report.ok

@@ -70,7 +70,7 @@ SEED = 1
 SIZE = 5000  # every entity absorbs this many sagas: more than any cell sends
 
 
-class _Network:
+class Network:
     """Where each process listens, and the address a caller in a zone must use to reach it."""
 
     def __init__(
@@ -94,7 +94,7 @@ class _Network:
         return f"{scheme}://{self.address(caller, process)}"
 
 
-def _settled_state(
+def settled_state(
     service_urls: Mapping[str, str],
     context: ssl.SSLContext | None = None,
     timeout_s: float = 60.0,
@@ -110,8 +110,8 @@ def _settled_state(
         time.sleep(1.0)
 
 
-def _start_accompanist(
-    sup: Supervisor, wl: Workload, net: _Network, creds: CellCredentials | None, mode: str
+def start_accompanist(
+    sup: Supervisor, wl: Workload, net: Network, creds: CellCredentials | None, mode: str
 ) -> list[str]:
     """Sidecars in `mode`, one per service in its zone; returns the gateway's backend arguments."""
     module, _, function = wl.choreography.partition(":")
@@ -138,11 +138,11 @@ def _start_accompanist(
     ]
 
 
-def _start_temporal(
+def start_temporal(
     sup: Supervisor,
     cd: CellDir,
     wl: Workload,
-    net: _Network,
+    net: Network,
     config: str,
     creds: CellCredentials | None,
 ) -> list[str]:
@@ -207,7 +207,7 @@ def run_cell(run_dir: Path, cell: Cell, progress: Callable[[str], None] = print)
     free = iter(free_ports(len(ports) * 8 + 1))
     links = plan_links(topo, placement, ports, free)
     probe = LinkProbe(list(links.values()), free)  # what the proxy adds, during the load
-    net = _Network(placement, ports, links, tls=scenario.tls)
+    net = Network(placement, ports, links, tls=scenario.tls)
     creds = CellCredentials(cd.path / "tls") if scenario.tls else None
     harness_tls = creds.harness_context() if creds is not None else None
 
@@ -241,9 +241,9 @@ def run_cell(run_dir: Path, cell: Cell, progress: Callable[[str], None] = print)
                 )
             )
         if system.kind == "accompanist":
-            backend = _start_accompanist(sup, wl, net, creds, system.config)
+            backend = start_accompanist(sup, wl, net, creds, system.config)
         else:
-            backend = _start_temporal(sup, cd, wl, net, system.config, creds)
+            backend = start_temporal(sup, cd, wl, net, system.config, creds)
         gateway = f"http://127.0.0.1:{ports['gateway']}"
         sup.start(
             ProcessSpec(
@@ -309,7 +309,7 @@ def run_cell(run_dir: Path, cell: Cell, progress: Callable[[str], None] = print)
             cd.cpu_csv, since=cpu_before, others={"loadgen": load_cpu} if load_cpu else None
         )
         cpu_window_s = time.monotonic() - cpu_t0
-        state = _settled_state(direct, harness_tls)
+        state = settled_state(direct, harness_tls)
         report = wl.check(state, sent=read_outcomes(cd.requests_csv))
         write_json(
             cd.check_json,
