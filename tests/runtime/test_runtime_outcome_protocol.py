@@ -346,7 +346,9 @@ async def test_a_failing_compensation_is_retried_visibly_until_it_succeeds(
 async def test_two_transactions_named_alike_at_one_role_fail_the_session_naming_the_transaction(
     make_cluster, http
 ):
-    cluster = make_cluster(receive_s=10.0, timeouts=FAST)
+    # b's failure reaches a as an ABORT; a's receive timeout is only the fallback, long enough
+    # that a loaded machine never lets it fire first.
+    cluster = make_cluster(receive_s=120.0, timeouts=FAST)
     sid = "dup"
     answer = await cluster.run(http, "double_charge", sid, [{}])
     assert answer["state"] == "failed", answer
