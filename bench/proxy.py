@@ -211,6 +211,7 @@ class _Link:
         self._server = await asyncio.get_running_loop().create_server(
             lambda: _Side(self, None), self.spec.listen_host, self.spec.listen_port,
             reuse_address=True,
+            backlog=1024,  # a connect burst must not overflow into 1 s SYN retransmissions
         )  # fmt: skip
         self.port = self._server.sockets[0].getsockname()[1]
 

@@ -400,7 +400,9 @@ async def serve(
     app = build_app(service, db, allow_uris=tls.allow_uris if tls else (), token=token)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
+    # backlog: a burst of connects beyond aiohttp's 128 would otherwise overflow the listen queue
+    # and cost the callers a 1 s SYN retransmission, which is the kernel's latency, not ours.
+    await web.TCPSite(runner, host, port, ssl_context=ssl_context, backlog=1024).start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -161,6 +161,12 @@ class GuardedSite(web.BaseSite):
             self._port,
             ssl=self._ssl_context,
             ssl_handshake_timeout=self._limits.header_s if self._ssl_context else None,
+            # A listen queue as deep as the connections we admit: with asyncio's default of 100,
+            # a burst of connects overflows it, the kernel answers with SYN cookies and drops
+            # the final ACKs it has no room for, and a client that sends nothing first believes
+            # it is connected to a server that never heard of it (the kernel clamps this to
+            # net.core.somaxconn).
+            backlog=self._limits.max_connections,
             reuse_address=True,
         )
 

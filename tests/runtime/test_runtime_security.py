@@ -679,11 +679,12 @@ async def test_slow_connections_are_closed_by_the_server_while_requests_go_throu
         async with cluster.http() as tester:
             await assert_healthy(cluster, tester)
             await cluster.run(tester, "route3", "during-slowloris", ROUTE3_ARGS)
-            closing = [asyncio.ensure_future(closed_by_the_server(*c)) for c in slow]
+            closing = {asyncio.ensure_future(closed_by_the_server(*c)): c[0] for c in slow}
             _, still_open = await asyncio.wait(closing, timeout=60)
             for task in still_open:
                 task.cancel()
-            assert not still_open, f"{len(still_open)} of {SLOW} slow connections still open"
+            kinds = Counter(closing[task] for task in still_open)
+            assert not still_open, f"{len(still_open)} of {SLOW} slow connections open: {kinds}"
             await assert_healthy(cluster, tester)
             await cluster.run(tester, "route3", "after-slowloris", ROUTE3_ARGS)
     finally:
