@@ -34,7 +34,7 @@ bench: $(STAMP)
 	$(MAKE) bench-chain
 
 bench-chain: $(STAMP)
-	$(PY) -m bench.chain
+	$(PY) -m bench.chain --publish
 
 # A smoke run of every system and of the sweep, a few minutes; not published.
 bench-quick: $(STAMP)

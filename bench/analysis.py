@@ -45,6 +45,7 @@ import pandas as pd
 from bench.capacity import Step, saturation_reasons, stop_reasons, sustainable_rps
 from bench.load import RAW_COLUMNS
 from bench.matrix import BASELINE_SYSTEM
+from bench.proxy import PROXY_FIGURES, proxy_added
 from bench.results import CellDir, cell_dirs, read_json
 from workloads.outcomes import OUTCOMES
 
@@ -79,6 +80,11 @@ SUMMARY_COLUMNS = [
     "cpu_cores",
     "saturated",
     "saturation",
+    "outside_cores",
+    "contended",
+    "proxy_added_p50_ms",
+    "proxy_added_p99_ms",
+    "proxy_own_p50_ms",
     "sweep",
     "sustainable_rps",
     "sustainable_is_lower_bound",
@@ -125,6 +131,9 @@ CAPACITY_COLUMNS = [
 CPU_KIND_COLUMNS = [*KEYS, "sweep", "offered_rps", "kind", "harness", "cpu_s_per_saga"]
 BOOTSTRAP_RESAMPLES = 2000
 REQUEST_RESAMPLES = 500
+# A cell beside which the rest of the machine kept more than this many cores busy (other
+# processes than the cell's, the harness's and Locust's) measured its neighbours too: flagged.
+CONTENDED_CORES = 0.25
 
 
 def percentile_ms(latencies_ms: Sequence[float] | np.ndarray, q: float) -> float:
@@ -268,6 +277,17 @@ def _system_cpu_s(cpu: pd.DataFrame) -> float:
     return float(cpu.loc[~cpu["process"].isin(HARNESS_PROCESSES), "cpu_s"].sum())
 
 
+def _outside_cores(cell: CellDir, meta: Mapping[str, Any], cpu: pd.DataFrame) -> float:
+    """Cores the machine kept busy beside the cell over its load window (NaN if not recorded):
+    all of it less the cell's processes (cpu.csv, Locust and the proxy included) and the
+    harness."""
+    window, machine = meta.get("cpu_window_s"), meta.get("machine_cpu_s")
+    if not window or machine is None:
+        return float("nan")
+    mine = float(cpu["cpu_s"].sum()) + float(meta.get("harness_cpu_s") or 0.0)
+    return max(0.0, float(machine) - mine) / float(window)
+
+
 def _consistent(verdicts: list[bool | None]) -> bool | None:
     known = [v for v in verdicts if v is not None]
     if not known:
@@ -281,18 +301,26 @@ def _offered_rps(meta: dict[str, Any]) -> float:
 
 
 def _window(rep_requests: pd.DataFrame) -> tuple[int, int, float]:
-    """(arrivals, successes, seconds) of one repetition's measured window.
+    """(arrivals, completions, seconds) of one repetition's measured window.
 
     The window runs from the first measured intended start up to (not including) the last, so
-    that n evenly spaced arrivals make n - 1 intervals; successes are the sagas that arrived in
-    it and ended with an outcome, however late.
+    that n evenly spaced arrivals make n - 1 intervals. Arrivals are the sagas scheduled in it.
+    Completions are the sagas, warm-up included, that ended with an outcome inside it: in a
+    steady state each saga that arrives in the window and ends after it is matched by one that
+    arrived before it and ends inside, so completions / seconds is the rate the system
+    sustained, and a system that falls behind (its queue drained only after the load stopped)
+    completes fewer than arrive. They are capped by the arrivals that succeeded, so that slow
+    warm-up sagas spilling into the window cannot make a system look faster than its load.
     """
     measured = rep_requests[~rep_requests["warmup"]]
     if len(measured) < 2:
         return 0, 0, 0.0
     begin, end = measured["intended_start"].min(), measured["intended_start"].max()
     arrived = (measured["intended_start"] >= begin) & (measured["intended_start"] < end)
-    return int(arrived.sum()), int((arrived & measured["ok"]).sum()), float(end - begin)
+    ended = pd.to_numeric(rep_requests["end"], errors="coerce")
+    completed = rep_requests["ok"] & (ended >= begin) & (ended < end)
+    succeeded = int((arrived & measured["ok"]).sum())
+    return int(arrived.sum()), min(int(completed.sum()), succeeded), float(end - begin)
 
 
 def _intervals(sides: Sequence[pd.DataFrame]) -> tuple[dict[str, tuple[float, float]], str]:
@@ -351,18 +379,23 @@ def summarise(
         measured = group[~group["warmup"]]
         latency = measured["latency_ms"].to_numpy(dtype=float)
         reps = sorted(group["rep"].unique())
-        arrivals, successes, seconds = 0, 0, 0.0
+        arrivals, completions, seconds = 0, 0, 0.0
         cpu_per_saga, cores_used, verdicts, floors, metas = [], [], [], [], []
+        outside: list[float] = []
+        proxies: list[dict[str, float]] = []
         for rep in reps:
             mine = group[group["rep"] == rep]
             a, c, s = _window(mine)
-            arrivals, successes, seconds = arrivals + a, successes + c, seconds + s
+            arrivals, completions, seconds = arrivals + a, completions + c, seconds + s
             cell = by_cell.get((*key, rep))
             if cell is None:
                 continue
             meta = cell.meta()
             metas.append(meta)
-            cpu_s = _system_cpu_s(_cell_cpu(cell))
+            cpu = _cell_cpu(cell)
+            cpu_s = _system_cpu_s(cpu)
+            outside.append(_outside_cores(cell, meta, cpu))
+            proxies.append(proxy_added(cell.path))
             # CPU was measured over the whole load, warm-up included, so divide by every saga.
             cpu_per_saga.append(cpu_s / len(mine))
             window = meta.get("cpu_window_s") or meta.get("duration_s")
@@ -382,7 +415,7 @@ def summarise(
             requests=len(measured),
             errors=len(measured) - ok,
             p99_ms=p99,
-            achieved_rps=successes / seconds if seconds > 0 else float("nan"),
+            achieved_rps=completions / seconds if seconds > 0 else float("nan"),
             cpu_cores=_mean(cores_used),
             crashes=bool(first.get("crashes")),
         )
@@ -413,6 +446,10 @@ def summarise(
                 "cpu_cores": step.cpu_cores,
                 "saturated": bool(reasons),
                 "saturation": "; ".join(reasons),
+                "outside_cores": _worst(outside),
+                "contended": _worst(outside) > CONTENDED_CORES,
+                # The worst repetition's: what the proxy added per round trip under this load.
+                **{c: _worst([p.get(c, float("nan")) for p in proxies]) for c in PROXY_FIGURES},
                 "sweep": first.get("sweep") or "",
                 "sustainable_rps": float("nan"),
                 "sustainable_is_lower_bound": False,
@@ -439,6 +476,7 @@ def summarise(
                 "offered_rps": float(fs[0].get("offered_rps") or "nan"),
                 "saturated": False,
                 "saturation": "",
+                "contended": False,
                 "sweep": fs[0].get("sweep") or "",
                 "sustainable_is_lower_bound": False,
                 "crashes": bool(fs[0].get("crashes")),
@@ -467,6 +505,12 @@ def read_failures(run_dir: Path) -> list[dict[str, Any]]:
     """The cells of a run that failed to deploy or load (bench.run records them): workload,
     system, scenario, rep, sweep, offered_rps, crashes, label and reason of each."""
     return list(read_json(Path(run_dir) / FAILED_CELLS_JSON).get("failed_cells", []))
+
+
+def _worst(values: list[float]) -> float:
+    """The largest of the known values (NaN if none is known)."""
+    known = [v for v in values if not math.isnan(v)]
+    return max(known) if known else float("nan")
 
 
 def _mean(values: list[float]) -> float:

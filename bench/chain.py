@@ -47,7 +47,7 @@ from bench.deploy import ProcessSpec, Supervisor, free_ports
 from bench.matrix import BASELINE_SYSTEM, SYSTEMS
 from bench.proxy import set_delays
 from bench.report import collect_environment, markdown_table
-from bench.results import RESULTS_DIR, CellDir, cell_dir, new_run_dir, write_json
+from bench.results import RESULTS_DIR, CellDir, cell_dir, new_run_dir, publish_run, write_json
 from bench.run import Network, settled_state, start_accompanist, start_temporal
 from bench.topology import (
     SagaShape,
@@ -64,6 +64,8 @@ PY = sys.executable
 SEED = 1
 SIZE = 5000
 ABORT_RATE = 0.0  # the chain measures the happy path: every saga commits
+# A published chain run is copied here, beside results/latest (the matrices and the sweep).
+LATEST_CHAIN = "latest-chain"
 REQUEST_TIMEOUT_S = 30.0
 # Sagas run once per deployment before the first step, so that first-use costs (connections,
 # imports, the Temporal worker's caches) fall on no step.
@@ -517,6 +519,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5, help="warm-up sagas per step")
     parser.add_argument("--systems", default=",".join(Sweep().systems))
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument(
+        "--publish",
+        action="store_true",
+        help=f"make the run a reference run, copied to results/{LATEST_CHAIN} (if consistent)",
+    )
     args = parser.parse_args(argv)
     sweep = Sweep(
         lengths=tuple(int(n) for n in args.n.split(",")),
@@ -530,8 +537,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     if unknown:
         parser.error(f"unknown systems or chain lengths: {unknown}")
-    _, consistent = run_sweep(sweep, args.results_dir)
-    return 0 if all(consistent.values()) else 1
+    run_dir, consistent = run_sweep(sweep, args.results_dir)
+    if not all(consistent.values()):
+        bad = ", ".join(k for k, ok in consistent.items() if not ok)
+        print(f"inconsistent: {bad}; not published", file=sys.stderr)
+        return 1
+    if args.publish:
+        print(f"published: {publish_run(run_dir, args.results_dir, LATEST_CHAIN)}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -353,6 +353,21 @@ class Supervisor:
         return Path(path)
 
 
+def machine_busy_s() -> float:
+    """CPU-seconds the whole machine has spent busy since boot, every process counted (idle and
+    I/O wait not). Two readings around a cell, less what the cell's processes and the harness
+    spent, are what ran beside the cell: a contended cell measured the neighbours too."""
+    t = psutil.cpu_times()
+    return float(t.user + t.nice + t.system + getattr(t, "irq", 0.0) + getattr(t, "softirq", 0.0)
+                 + getattr(t, "steal", 0.0))  # fmt: skip
+
+
+def harness_cpu_s() -> float:
+    """CPU-seconds of this process (the harness, with the link probe's thread), children not."""
+    t = psutil.Process().cpu_times()
+    return float(t.user + t.system)
+
+
 def _family(proc: psutil.Process) -> list[psutil.Process]:
     try:
         return [proc, *proc.children(recursive=True)]

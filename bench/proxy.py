@@ -824,6 +824,11 @@ PROBE_COLUMNS = (
     "added_max_ms",
 )
 PROBE_PREFIX = "probe:"
+# A cell's figures from its probe (:func:`proxy_added`), as summary.csv names them.
+PROXY_FIGURES = ("proxy_added_p50_ms", "proxy_added_p99_ms", "proxy_own_p50_ms")
+# What the proxy may add to a round trip, p50, beyond what the probe pays without it: above it,
+# the proxy rather than the system would move a cell's latency noticeably.
+OWN_LIMIT_MS = 0.5
 # The row of probes sent straight to the echo target: what the probe itself costs.
 DIRECT = "(direct)"
 
@@ -999,8 +1004,10 @@ def proxy_added(cell_path: Path) -> dict[str, float]:
     (ms per round trip), the p50 less the direct round trip (the proxy's own share), and how
     many probes that rests on; {} if the cell has no proxy.csv.
 
-    For summary.csv: ``proxy_added_p50_ms`` above 0.5 means the proxy, not the system, moved
-    the cell's latency noticeably."""
+    For summary.csv (:data:`PROXY_FIGURES`): ``proxy_own_p50_ms`` above :data:`OWN_LIMIT_MS`
+    means the proxy, not the system, moved the cell's latency noticeably. The direct round trip
+    is taken out because a system pays it without the proxy too: a call to a process beside it
+    on loopback wakes two processes just as the probe's ping does."""
     path = Path(cell_path) / PROXY_CSV
     if not path.exists():
         return {}

@@ -28,8 +28,9 @@ import pandas as pd
 import psutil
 
 from bench import capacity
-from bench.analysis import read_failures, read_table
+from bench.analysis import CONTENDED_CORES, KEYS, read_failures, read_table
 from bench.matrix import BASELINE_SYSTEM, SCENARIOS, SYSTEMS
+from bench.proxy import OWN_LIMIT_MS, PROXY_FIGURES
 from bench.results import FAILURE_DETECTION_CSV, LATEST, cell_dirs, read_json, write_json
 from bench.topology import TopologyError, load_topology
 
@@ -420,6 +421,52 @@ def _ratio_display(ratios: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _proxy_section(summary: pd.DataFrame) -> str:
+    """What the latency proxy added to each cell, and the cells where it added too much."""
+    if "proxy_own_p50_ms" not in summary or summary["proxy_own_p50_ms"].isna().all():
+        return "## The latency proxy under load\n\n_(no cell of this run probed its links)_\n"
+    probed = summary[summary["proxy_own_p50_ms"].notna()]
+    over = probed[probed["proxy_own_p50_ms"] > OWN_LIMIT_MS]
+    worst = probed.loc[probed["proxy_own_p50_ms"].idxmax()]
+    verdict = (
+        f"No cell is over {OWN_LIMIT_MS} ms."
+        if over.empty
+        else f"**{len(over)} cells are over {OWN_LIMIT_MS} ms**: "
+        + ", ".join(f"{r.workload}/{r.system}/{r.scenario}" for r in over.itertuples())
+        + "; their latency includes that much of the proxy's own delay."
+    )
+    table = probed[[*KEYS, "offered_rps", *PROXY_FIGURES]]
+    return (
+        "## The latency proxy under load\n\nDuring every cell a probe pings through a twin of "
+        "each latency link (same delay, same proxy process) twice a second; `proxy_added` is "
+        "the round trip less twice the configured delay, on the worst link; `proxy_own` takes "
+        "out what the same ping costs straight to its echo process without the proxy, which a "
+        f"system pays anyway. The bar is {OWN_LIMIT_MS} ms p50 of the proxy's own share; the "
+        f"worst cell, {worst.workload}/{worst.system}/{worst.scenario}, shows "
+        f"{worst.proxy_own_p50_ms:.2f} ms. {verdict}\n\n" + markdown_table(table, "{:.2f}")
+    )
+
+
+def _contention_section(summary: pd.DataFrame) -> str:
+    """The cells beside which something else kept the machine busy."""
+    if "outside_cores" not in summary or summary["outside_cores"].isna().all():
+        return ""
+    known = summary[summary["outside_cores"].notna()]
+    contended = known[known["contended"].astype(bool)]
+    head = (
+        "## Load beside the cells\n\nThe machine's busy CPU over each cell's load, less the "
+        "cell's processes (Locust and the proxy included) and the harness: what ran beside "
+        f"it. A cell with more than {CONTENDED_CORES} cores of it is *contended*. The most was "
+        f"{known['outside_cores'].max():.2f} cores. "
+    )
+    if contended.empty:
+        return head + "No cell was contended.\n"
+    return (
+        head + f"**{len(contended)} cells were contended**; their figures measured the "
+        "neighbours too:\n\n" + markdown_table(contended[[*KEYS, "outside_cores"]], "{:.2f}")
+    )
+
+
 def write_report(run_dir: Path) -> Path:
     """Write ``report.md`` from the files in ``run_dir``; return its path."""
     run_dir = Path(run_dir)
@@ -472,6 +519,9 @@ def write_report(run_dir: Path) -> Path:
         + (markdown_table(summary[[c for c in _SUMMARY_SHOWN if c in summary]])
            if not summary.empty else "_(no summary.csv: run `python -m bench report`)_\n")
     )  # fmt: skip
+    if not summary.empty:
+        parts.append(_proxy_section(summary))
+        parts.append(_contention_section(summary))
     if ratios_path.exists():
         ratios = read_table(ratios_path)
         shown = _ratio_display(ratios) if "comparable" in ratios else ratios

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tarfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -45,6 +46,9 @@ RESULTS_DIR = Path(__file__).resolve().parent.parent / "results"
 LATEST = "latest"
 FAILURE_DETECTION_CSV = "failure_detection.csv"
 _IGNORE_ALL = ".gitignore"
+# A published run's cell records, packed: requests, faults, CPU, probes, links, checks, metadata.
+RAW_ARCHIVE = "raw-records.tar.gz"
+RAW_RECORDS = frozenset({".csv", ".json"})
 
 
 def new_run_id(matrix: str) -> str:
@@ -145,20 +149,37 @@ def is_published(run_dir: Path) -> bool:
     return not (Path(run_dir) / _IGNORE_ALL).exists()
 
 
-def publish_run(run_dir: Path, results_dir: Path = RESULTS_DIR) -> Path:
-    """Make `run_dir` the reference run: trackable by git, and copied to results/latest."""
+def publish_run(run_dir: Path, results_dir: Path = RESULTS_DIR, latest: str = LATEST) -> Path:
+    """Make `run_dir` a reference run: its raw records archived (:func:`archive_raw`), the
+    folder trackable by git, and copied to ``results/<latest>``."""
+    archive_raw(run_dir)
     (Path(run_dir) / _IGNORE_ALL).unlink(missing_ok=True)
-    return refresh_latest(run_dir, results_dir)
+    return refresh_latest(run_dir, results_dir, latest)
 
 
-def refresh_latest(run_dir: Path, results_dir: Path = RESULTS_DIR) -> Path:
-    """Replace ``results/latest`` with a copy of ``run_dir`` minus its raw data."""
-    latest = results_dir / LATEST
+def archive_raw(run_dir: Path) -> Path | None:
+    """Pack every cell's records (the text files under ``raw/``, logs and databases left out)
+    into ``RAW_ARCHIVE``, which git keeps while ``raw/`` stays ignored: anyone can re-analyse a
+    published run. None if the run has no raw folder."""
+    raw = Path(run_dir) / "raw"
+    if not raw.is_dir():
+        return None
+    path = Path(run_dir) / RAW_ARCHIVE
+    with tarfile.open(path, "w:gz") as tar:
+        for record in sorted(raw.rglob("*")):
+            if record.is_file() and record.suffix in RAW_RECORDS:
+                tar.add(record, arcname=str(record.relative_to(run_dir)))
+    return path
+
+
+def refresh_latest(run_dir: Path, results_dir: Path = RESULTS_DIR, name: str = LATEST) -> Path:
+    """Replace ``results/<name>`` with a copy of ``run_dir`` minus its raw data."""
+    latest = results_dir / name
     if latest.resolve() == Path(run_dir).resolve():
         return latest
     if latest.is_symlink() or latest.is_file():
         latest.unlink()
     elif latest.exists():
         shutil.rmtree(latest)
-    shutil.copytree(run_dir, latest, ignore=shutil.ignore_patterns("raw", _IGNORE_ALL))
+    shutil.copytree(run_dir, latest, ignore=shutil.ignore_patterns("raw", RAW_ARCHIVE, _IGNORE_ALL))
     return latest

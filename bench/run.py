@@ -49,13 +49,20 @@ from bench.credentials import (
     service_callers,
     temporal_worker,
 )
-from bench.deploy import DeployError, ProcessSpec, Supervisor, free_ports
+from bench.deploy import (
+    DeployError,
+    ProcessSpec,
+    Supervisor,
+    free_ports,
+    harness_cpu_s,
+    machine_busy_s,
+)
 from bench.fairness import announced_loop, write_failure_detection
 from bench.faults import FaultInjector, applicability, crash_schedule
 from bench.load import LoadError, read_load_cpu, read_outcomes, run_locust, write_requests
 from bench.matrix import SYSTEMS, Cell, Plan, Sweep, System
 from bench.plots import plot_run
-from bench.proxy import PROXY_CSV, LinkProbe, LinkSpec, measure_links
+from bench.proxy import OWN_LIMIT_MS, PROXY_CSV, LinkProbe, LinkSpec, measure_links, proxy_added
 from bench.report import collect_environment, write_report
 from bench.results import RESULTS_DIR, CellDir, cell_dir, new_run_dir, write_json
 from bench.systems.accompanist import Sidecars
@@ -287,6 +294,7 @@ def run_cell(run_dir: Path, cell: Cell, progress: Callable[[str], None] = print)
         resolve = _crash_target(sup, system)
         crashes = applicability(faults, resolve)
         cpu_before, cpu_t0 = sup.cpu_seconds(), time.monotonic()
+        machine_before, harness_before = machine_busy_s(), harness_cpu_s()
         t0 = time.time()
         progress(
             f"    load: {scenario.load.mode} loop, {scenario.duration_s} s, {crashes.describe()}"
@@ -309,6 +317,10 @@ def run_cell(run_dir: Path, cell: Cell, progress: Callable[[str], None] = print)
             cd.cpu_csv, since=cpu_before, others={"loadgen": load_cpu} if load_cpu else None
         )
         cpu_window_s = time.monotonic() - cpu_t0
+        machine_cpu_s, harness_cpu = (
+            machine_busy_s() - machine_before,
+            harness_cpu_s() - harness_before,
+        )
         state = settled_state(direct, harness_tls)
         report = wl.check(state, sent=read_outcomes(cd.requests_csv))
         write_json(
@@ -350,12 +362,24 @@ def run_cell(run_dir: Path, cell: Cell, progress: Callable[[str], None] = print)
                 "abort_rate": scenario.abort_rate,
                 "sweep": scenario.sweep,
                 "cpu_window_s": round(cpu_window_s, 3),
+                # Everything the machine ran over the same window, and the harness's own share:
+                # the rest of it, less cpu.csv, ran beside the cell (bench.analysis: contended).
+                "machine_cpu_s": round(machine_cpu_s, 3),
+                "harness_cpu_s": round(harness_cpu, 3),
             },
         )
         progress(
             f"    consistent: {report.ok} (committed {report.committed}, compensated "
             f"{report.compensated}, rejected {report.rejected})"
         )
+        added = proxy_added(cd.path)
+        if added:
+            own = added["proxy_own_p50_ms"]
+            flag = f" OVER the {OWN_LIMIT_MS} ms bar" if own > OWN_LIMIT_MS else ""
+            progress(
+                f"    proxy added {added['proxy_added_p50_ms']:.2f} ms p50 per round trip on its"
+                f" worst link, {own:.2f} ms of it its own{flag}"
+            )
     return cd
 
 

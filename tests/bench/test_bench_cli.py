@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import subprocess
+import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from bench.analysis import read_table
 from bench.load import LoadError
 from bench.matrix import MATRICES, Cell, Plan
 from bench.report import HEADLINE_END, HEADLINE_START, refresh_readme
-from bench.results import CellDir, is_published, publish_run
+from bench.results import RAW_ARCHIVE, CellDir, is_published, publish_run
 from bench.run import run_plan
 
 
@@ -142,6 +143,12 @@ def test_a_run_stays_untracked_and_unpublished_until_published(tmp_path: Path) -
     assert is_published(run_dir) and not _git_ignored(tmp_path, run_dir / "summary.csv")
     assert (latest / "report.md").exists() and not (latest / ".gitignore").exists()
     assert not _git_ignored(tmp_path, latest / "summary.csv")
+    # The cells' records travel with the run, packed; the latest copy is the tables alone.
+    with tarfile.open(run_dir / RAW_ARCHIVE) as tar:
+        packed = set(tar.getnames())
+    records = {str(p.relative_to(run_dir)) for p in (run_dir / "raw").rglob("requests.csv")}
+    assert records and records <= packed and all(n.endswith((".csv", ".json")) for n in packed)
+    assert not (latest / RAW_ARCHIVE).exists() and not (latest / "raw").exists()
 
 
 def test_publishing_rewrites_only_the_readme_headline_block(tmp_path: Path) -> None:
