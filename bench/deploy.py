@@ -47,9 +47,11 @@ class ProcessSpec:
     """How to run one named process.
 
     ``env`` is laid over the harness's environment. Readiness is ``health_url`` answering 200
-    (an ``https://`` one through ``health_tls``, the harness's client certificate), else every
-    one of ``ports`` accepting TCP (e.g. a latency proxy hosting many links), else just being
-    alive. ``ports`` are checked to be free after teardown.
+    (an ``https://`` one through ``health_tls``, the harness's client certificate), else
+    ``ready_line`` printed by this incarnation (a process with no port, such as a Temporal
+    worker, says when it polls), else every one of ``ports`` accepting TCP (e.g. a latency
+    proxy hosting many links), else just being alive. ``ports`` are checked to be free after
+    teardown.
     """
 
     name: str
@@ -59,6 +61,7 @@ class ProcessSpec:
     health_url: str | None = None
     health_tls: ssl.SSLContext | None = None
     ports: Sequence[int] = ()
+    ready_line: str | None = None
     startup_timeout_s: float = 60.0
     stop_grace_s: float = 5.0
 
@@ -71,6 +74,7 @@ class _Running:
     cpu: dict[tuple[int, float], tuple[float, float]] = field(default_factory=dict)
     seen: dict[tuple[int, float], psutil.Process] = field(default_factory=dict)
     starts: int = 0
+    log_offset: int = 0  # where the current incarnation's output begins in the log
 
 
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
@@ -170,6 +174,7 @@ class Supervisor:
         spec = running.spec
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_file = self.log_path(spec.name).open("ab")
+        running.log_offset = log_file.tell()
         log_file.write(f"--- start {time.strftime('%H:%M:%S')}: {list(spec.argv)}\n".encode())
         log_file.flush()
         try:
@@ -202,13 +207,20 @@ class Supervisor:
                 raise DeployError(
                     f"{name} exited with {proc.returncode} while starting\n{self._tail(name)}"
                 )
-            if self._ready(spec):
+            if self._ready(running):
                 return
             time.sleep(0.05)
         raise DeployError(f"{name} not healthy after {spec.startup_timeout_s}s\n{self._tail(name)}")
 
-    @staticmethod
-    def _ready(spec: ProcessSpec) -> bool:
+    def _ready(self, running: _Running) -> bool:
+        spec = running.spec
+        if spec.ready_line is not None:
+            try:
+                with self.log_path(spec.name).open("rb") as log_file:
+                    log_file.seek(running.log_offset)
+                    return spec.ready_line.encode() in log_file.read()
+            except OSError:
+                return False
         if spec.health_url:
             try:
                 with urllib.request.urlopen(

@@ -191,7 +191,7 @@ def start_temporal(
         me = f"runtime:{worker.service}"
         argv = [*worker.argv]
         argv[argv.index("--temporal") + 1] = net.address(me, "temporal-server")
-        sup.start(ProcessSpec(me, argv, startup_timeout_s=60.0))
+        sup.start(ProcessSpec(me, argv, ready_line=worker.ready_line, startup_timeout_s=60.0))
     return plan.gateway_args
 
 

@@ -190,10 +190,17 @@ def exit_without_finalizers(code: int = 0) -> None:
 
 @dataclass(frozen=True)
 class WorkerCommand:
-    """One process the harness starts, placed in the zone of `service`."""
+    """One process the harness starts, placed in the zone of `service`; it prints `ready_line`
+    once it polls its task queues (a worker has no port to probe)."""
 
     service: str
     argv: list[str]
+    ready_line: str = ""
+
+
+def ready_line(workload: str, service: str) -> str:
+    """What a worker prints once its workers poll: the harness's readiness check."""
+    return f"worker {workload}/{service} ready"
 
 
 @dataclass(frozen=True)
@@ -249,6 +256,7 @@ def deployment(
                 *connection,
                 *tls.get(service, ()),
             ],
+            ready_line(workload, service),
         )
         for service in twin.services
     ]
@@ -299,7 +307,7 @@ async def serve_service(
                     queue=task_queue(tuning, workload),
                 )
             )
-        print(f"worker {workload}/{service} ready ({config})", flush=True)
+        print(f"{ready_line(workload, service)} ({config})", flush=True)
         eventloop.announce()
         await stopping.wait()
 

@@ -194,3 +194,27 @@ def test_one_supervised_proxy_process_hosts_every_link_of_a_topology(tmp_path: P
         assert "error" not in row
         assert 20.0 <= float(row["first_byte_ms"]) < 20.0 + 500.0  # 2 x 10 ms, + handshake
     assert all(port_is_free(p) for p in proxy.ports)
+
+
+def test_a_process_without_a_port_is_ready_when_this_incarnation_says_so(tmp_path: Path) -> None:
+    """A Temporal worker has nothing to probe: it is ready once it prints its ready line, and
+    a restarted one only once the new incarnation has printed it again."""
+    marker = tmp_path / "starts"
+    script = tmp_path / "slow_worker.py"
+    script.write_text(textwrap.dedent(f"""
+        import pathlib, time
+        marker = pathlib.Path({str(marker)!r})
+        starts = len(marker.read_text()) if marker.exists() else 0
+        marker.write_text("x" * (starts + 1))
+        time.sleep(1.0)
+        print("worker warehouse/payment ready", starts, flush=True)
+        time.sleep(600)
+    """))  # fmt: skip
+    ready = "worker warehouse/payment ready"
+    spec = ProcessSpec("runtime:payment", [sys.executable, str(script)], ready_line=ready)
+    with Supervisor(tmp_path / "logs") as sup:
+        sup.start(spec)
+        log = sup.log_path(spec.name)
+        assert "ready 0" in log.read_text()
+        sup.restart(spec.name)
+        assert "ready 1" in log.read_text()
