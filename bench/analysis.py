@@ -72,6 +72,7 @@ SUMMARY_COLUMNS = [
     "offered_rps",
     "arrival_rps",
     "throughput_rps",
+    "count_slack_rps",
     "consistent",
     "floor_ms",
     "p50_over_floor_ms",
@@ -305,21 +306,23 @@ def _window(rep_requests: pd.DataFrame) -> tuple[int, int, float]:
 
     The window runs from the first measured intended start up to (not including) the last, so
     that n evenly spaced arrivals make n - 1 intervals. Arrivals are the sagas scheduled in it.
-    Completions are the sagas, warm-up included, that ended with an outcome inside it: in a
-    steady state each saga that arrives in the window and ends after it is matched by one that
-    arrived before it and ends inside, so completions / seconds is the rate the system
-    sustained, and a system that falls behind (its queue drained only after the load stopped)
-    completes fewer than arrive. They are capped by the arrivals that succeeded, so that slow
-    warm-up sagas spilling into the window cannot make a system look faster than its load.
+    Completions are the sagas, warm-up included, that ended with an outcome in the same window
+    shifted by the median latency: a system that keeps up ends, in any stretch of time, as many
+    sagas as arrived one median latency earlier, while one that falls behind (its queue drained
+    only after the load stopped) ends fewer, at the rate it can serve. They are capped by the
+    window's arrivals that succeeded, so that slow warm-up sagas cannot make a system look
+    faster than its load. The count is exact to within one saga (`Step.count_slack_rps`).
     """
     measured = rep_requests[~rep_requests["warmup"]]
     if len(measured) < 2:
         return 0, 0, 0.0
     begin, end = measured["intended_start"].min(), measured["intended_start"].max()
     arrived = (measured["intended_start"] >= begin) & (measured["intended_start"] < end)
-    ended = pd.to_numeric(rep_requests["end"], errors="coerce")
-    completed = rep_requests["ok"] & (ended >= begin) & (ended < end)
     succeeded = int((arrived & measured["ok"]).sum())
+    ok = measured.loc[measured["ok"], "latency_ms"]
+    shift = float(ok.median()) / 1000 if len(ok) else 0.0
+    ended = pd.to_numeric(rep_requests["end"], errors="coerce")
+    completed = rep_requests["ok"] & (ended >= begin + shift) & (ended < end + shift)
     return int(arrived.sum()), min(int(completed.sum()), succeeded), float(end - begin)
 
 
@@ -418,6 +421,7 @@ def summarise(
             achieved_rps=completions / seconds if seconds > 0 else float("nan"),
             cpu_cores=_mean(cores_used),
             crashes=bool(first.get("crashes")),
+            count_slack_rps=len(reps) / seconds if seconds > 0 else 0.0,
         )
         reasons = saturation_reasons(step, cores)
         rows.append(
@@ -438,6 +442,7 @@ def summarise(
                 "offered_rps": step.offered_rps,
                 "arrival_rps": arrivals / seconds if seconds > 0 else float("nan"),
                 "throughput_rps": step.achieved_rps,
+                "count_slack_rps": step.count_slack_rps,
                 "consistent": _consistent(verdicts),
                 "floor_ms": floor_ms,
                 "p50_over_floor_ms": p50 - floor_ms,
@@ -532,6 +537,7 @@ def step_of(row: pd.Series) -> Step:
         achieved_rps=float(row["throughput_rps"]),
         cpu_cores=float(row["cpu_cores"]),
         crashes=False,
+        count_slack_rps=float(row.get("count_slack_rps", 0.0) or 0.0),
     )
 
 

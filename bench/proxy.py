@@ -12,12 +12,13 @@ The proxy must add as little as it can of its own, or every hop costs more than 
 a system that makes more hops is charged more for it. What keeps it close (measured by
 :class:`LinkProbe`, see ``proxy.csv``): chunks are released by a Linux timerfd, not by the
 event loop's timers, which asyncio rounds up to the next millisecond (twice: a 9 ms link held
-each chunk 1.2 ms too long), armed early by its own measured wake-up latency; forwarding is
-asyncio protocol callbacks, with no task or future per chunk, on uvloop; and the process runs
-at real-time priority, since a network does not slow down when the hosts are busy
-(:func:`_prioritise`). A link's delay can be changed while it runs
-(``LatencyProxy.set_delay``, or the ``--control`` port of the process and :func:`set_delays`),
-so a sweep of delays needs no redeployment.
+each chunk 1.2 ms too long), armed early by its own measured wake-up latency; a chunk is held
+from the moment the kernel received it (its receive timestamp, ``SO_TIMESTAMPNS``), not from
+when the proxy woke up to read it (:class:`_Stream`); forwarding is readiness callbacks on the
+sockets, with no task or future per chunk, on uvloop; and the process runs at real-time
+priority, since a network does not slow down when the hosts are busy (:func:`_prioritise`).
+A link's delay can be changed while it runs (``LatencyProxy.set_delay``, or the ``--control``
+port of the process and :func:`set_delays`), so a sweep of delays needs no redeployment.
 
 In process::
 
@@ -58,7 +59,7 @@ import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from accompanist_py import eventloop
 
@@ -69,6 +70,163 @@ _HELD_HIGH = 16 * 2**20
 _HELD_LOW = _HELD_HIGH // 4
 # Markers in a direction's queue besides the bytes: the sender half-closed, or reset.
 _EOF, _RESET = "eof", "reset"
+# A socket stops taking writes (its sender's direction waits) above this many unsent bytes.
+_WRITE_HIGH, _WRITE_LOW = 256 * 1024, 64 * 1024
+# The kernel's receive timestamp of each read (Linux; SCM_TIMESTAMPNS has the same number).
+_SO_TIMESTAMPNS = 35
+_ANCILLARY = socket.CMSG_SPACE(16)
+
+
+def _arrival(ancillary: list[tuple[int, int, bytes]]) -> float:
+    """When the bytes of a read reached the socket, on ``time.monotonic``'s clock: the kernel's
+    receive timestamp (of the last segment read), else now."""
+    now = time.monotonic()
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(data) >= 16:
+            seconds, nanoseconds = struct.unpack("ll", data[:16])
+            age = time.time() - (seconds + nanoseconds * 1e-9)  # the stamp is CLOCK_REALTIME
+            return now - min(max(age, 0.0), 1.0)
+    return now
+
+
+class _Stream:
+    """One socket of a proxied connection, driven straight by the loop's readiness callbacks.
+
+    A transport would hide when the bytes arrived: the proxy would stamp a chunk when its loop
+    woke up to read it, and every hop would be charged the proxy's wake-up latency (about a
+    tenth of a millisecond here, twice per round trip). Reading with ``recvmsg`` gives the
+    kernel's receive time of each read, so a chunk is held for the link's delay from the
+    moment it reached the proxy. Offers what the directions need of a transport: reading
+    paused and resumed, buffered writes that block the writing direction above
+    ``_WRITE_HIGH``, half-close, close after the buffer drains, abort and reset.
+    """
+
+    def __init__(self, sock: socket.socket, side: _Side) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._side = side
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._unsent = bytearray()
+        self._reading = self._writing = self._closed = self._full = False
+        self._eof_after_flush = self._close_after_flush = False
+
+    def resume_reading(self) -> None:
+        if not (self._reading or self._closed):
+            self._reading = True
+            self._loop.add_reader(self._fd, self._readable)
+
+    def pause_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            self._loop.remove_reader(self._fd)
+
+    def is_closing(self) -> bool:
+        return self._closed or self._close_after_flush
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> None:
+        if self.is_closing() or self._eof_after_flush:
+            return
+        if not self._unsent:
+            try:
+                sent = self._sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as error:
+                self._lost(error)
+                return
+            data = data[sent:]
+        if data:
+            self._unsent += data
+            if not self._writing:
+                self._writing = True
+                self._loop.add_writer(self._fd, self._writable)
+            if len(self._unsent) > _WRITE_HIGH and not self._full:
+                self._full = True
+                self._side.pause_writing()
+
+    def write_eof(self) -> None:
+        if self._unsent:
+            self._eof_after_flush = True
+        elif not self._closed:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        """Close once what is buffered has been sent (a FIN, as a transport's close)."""
+        self.pause_reading()
+        if self._unsent:
+            self._close_after_flush = True
+        else:
+            self._finish()
+
+    def abort(self) -> None:
+        self._finish()
+
+    def reset(self) -> None:
+        """Close with an RST rather than a FIN, so that a reset propagates as a reset."""
+        if not self._closed:
+            with contextlib.suppress(OSError):
+                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self._finish()
+
+    def _readable(self) -> None:
+        try:
+            data, ancillary, _, _ = self._sock.recvmsg(_CHUNK, _ANCILLARY)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as error:
+            self._lost(error)
+            return
+        if not data:
+            self.pause_reading()
+            self._side.eof_received()
+            return
+        self._side.data_received(data, _arrival(ancillary))
+
+    def _writable(self) -> None:
+        try:
+            sent = self._sock.send(self._unsent)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as error:
+            self._lost(error)
+            return
+        del self._unsent[:sent]
+        if self._full and len(self._unsent) <= _WRITE_LOW:
+            self._full = False
+            self._side.resume_writing()
+        if self._unsent:
+            return
+        self._writing = False
+        self._loop.remove_writer(self._fd)
+        if self._close_after_flush:
+            self._finish()
+        elif self._eof_after_flush:
+            self._eof_after_flush = False
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_WR)
+
+    def _lost(self, error: OSError) -> None:
+        self._finish()
+        self._side.connection_lost(error)
+
+    def _finish(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.pause_reading()
+        if self._writing:
+            self._writing = False
+            self._loop.remove_writer(self._fd)
+        self._unsent.clear()
+        self._sock.close()
 
 
 class _timespec(ctypes.Structure):
@@ -202,26 +360,41 @@ class _Link:
         self.spec = spec
         self._rng = rng
         self.clock: _ReleaseClock
-        self._server: asyncio.Server | None = None
+        self._listener: socket.socket | None = None
         self.connections: set[_Connection] = set()
         self.port = spec.listen_port
 
     async def start(self, clock: _ReleaseClock) -> None:
         self.clock = clock
-        self._server = await asyncio.get_running_loop().create_server(
-            lambda: _Side(self, None), self.spec.listen_host, self.spec.listen_port,
-            reuse_address=True,
-            backlog=1024,  # a connect burst must not overflow into 1 s SYN retransmissions
-        )  # fmt: skip
-        self.port = self._server.sockets[0].getsockname()[1]
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted sockets inherit the timestamping, so that even the first read is stamped.
+        listener.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        listener.bind((self.spec.listen_host, self.spec.listen_port))
+        listener.listen(1024)  # a connect burst must not overflow into 1 s SYN retransmissions
+        listener.setblocking(False)
+        self._listener = listener
+        self.port = listener.getsockname()[1]
+        asyncio.get_running_loop().add_reader(listener.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        while True:
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # e.g. out of descriptors: the client sees its connect fail
+                return
+            _Side(self, None).attach(sock)
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        if self._listener is not None:
+            asyncio.get_running_loop().remove_reader(self._listener.fileno())
+            self._listener.close()
+            self._listener = None
         for connection in list(self.connections):
             connection.abort()
-        if self._server is not None:
-            await self._server.wait_closed()
 
     def delay_s(self) -> float:
         jitter = self._rng.uniform(0.0, self.spec.jitter_ms) if self.spec.jitter_ms else 0.0
@@ -241,17 +414,20 @@ class _Direction:
 
     def __init__(self, connection: _Connection, not_before: float) -> None:
         self._connection = connection
-        self.sender: asyncio.Transport | None = None
-        self.receiver: asyncio.Transport | None = None
+        self.sender: _Stream | None = None
+        self.receiver: _Stream | None = None
         self._held: collections.deque[tuple[float, bytes | str]] = collections.deque()
         self._bytes = 0
         self._last = not_before
         self._scheduled = self._blocked = self.done = False
 
-    def push(self, item: bytes | str) -> None:
+    def push(self, item: bytes | str, arrived: float | None = None) -> None:
+        """Hold `item` for the link's delay from `arrived` (when the kernel received it; now
+        if unknown)."""
         if self.done:
             return
-        self._last = max(self._last, time.monotonic() + self._connection.link.delay_s())
+        start = time.monotonic() if arrived is None else arrived
+        self._last = max(self._last, start + self._connection.link.delay_s())
         self._held.append((self._last, item))
         if isinstance(item, bytes):
             self._bytes += len(item)
@@ -259,7 +435,7 @@ class _Direction:
                 self.sender.pause_reading()
         self._schedule()
 
-    def attach(self, receiver: asyncio.Transport) -> None:
+    def attach(self, receiver: _Stream) -> None:
         self.receiver = receiver
         self._schedule()
 
@@ -312,10 +488,10 @@ class _Connection:
     crossed. A refused connection travels back as a reset, after the same delay.
     """
 
-    def __init__(self, link: _Link, client: asyncio.Transport) -> None:
+    def __init__(self, link: _Link, client: _Stream) -> None:
         self.link = link
         self.client = client
-        self.target: asyncio.Transport | None = None
+        self.target: _Stream | None = None
         accepted, one_way = time.monotonic(), link.spec.delay_ms / 1000.0
         self.up = _Direction(self, accepted + 3 * one_way if link.spec.handshake else 0.0)
         self.down = _Direction(self, 0.0)
@@ -331,16 +507,27 @@ class _Connection:
 
     async def _open(self) -> None:
         loop = asyncio.get_running_loop()
+        spec = self.link.spec
+        sock: socket.socket | None = None
         try:
-            await loop.create_connection(
-                lambda: _Side(self.link, self),
-                self.link.spec.target_host,
-                self.link.spec.target_port,
+            (family, kind, proto, _, address), *_ = await loop.getaddrinfo(
+                spec.target_host, spec.target_port, type=socket.SOCK_STREAM
             )
+            sock = socket.socket(family, kind, proto)
+            sock.setblocking(False)
+            await loop.sock_connect(sock, address)
         except OSError:
-            self.link.clock.call_at(time.monotonic() + self.link.spec.delay_ms / 1000, self.reset)
+            if sock is not None:
+                sock.close()
+            self.link.clock.call_at(time.monotonic() + spec.delay_ms / 1000, self.reset)
+            return
+        except asyncio.CancelledError:
+            if sock is not None:
+                sock.close()
+            raise
+        _Side(self.link, self).attach(sock)
 
-    def target_made(self, target: asyncio.Transport) -> None:
+    def target_made(self, target: _Stream) -> None:
         self.target = target
         if self.up.done and self.down.done:  # the client went away while this connected
             target.abort()
@@ -356,9 +543,9 @@ class _Connection:
     def reset(self) -> None:
         """Reset both sides (a reset arrived, or the target refused the connection)."""
         self.up.done = self.down.done = True
-        for transport in (self.client, self.target):
-            if transport is not None:
-                _reset(transport)
+        for stream in (self.client, self.target):
+            if stream is not None:
+                stream.reset()
         self.link.connections.discard(self)
 
     def abort(self) -> None:
@@ -368,13 +555,13 @@ class _Connection:
 
     def close(self, abort: bool) -> None:
         self.up.done = self.down.done = True
-        for transport in (self.client, self.target):
-            if transport is not None:
-                transport.abort() if abort else transport.close()
+        for stream in (self.client, self.target):
+            if stream is not None:
+                stream.abort() if abort else stream.close()
         self.link.connections.discard(self)
 
 
-class _Side(asyncio.Protocol):
+class _Side:
     """One socket of a proxied connection: the client's (``connection`` None until accepted)
     or the target's. What it reads goes one way; its write buffer throttles the other."""
 
@@ -383,13 +570,14 @@ class _Side(asyncio.Protocol):
         self._connection = connection
         self._client = connection is None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
-        stream = cast(asyncio.Transport, transport)
+    def attach(self, sock: socket.socket) -> None:
+        """Take over the connected socket `sock` and start reading it."""
+        stream = _Stream(sock, self)
         if self._connection is None:
             self._connection = _Connection(self._link, stream)
         else:
             self._connection.target_made(stream)
+        stream.resume_reading()
 
     @property
     def _out(self) -> _Direction:
@@ -401,15 +589,14 @@ class _Side(asyncio.Protocol):
         assert self._connection is not None
         return self._connection.down if self._client else self._connection.up
 
-    def data_received(self, data: bytes) -> None:
-        self._out.push(data)
+    def data_received(self, data: bytes, arrived: float) -> None:
+        self._out.push(data, arrived)
 
-    def eof_received(self) -> bool:
-        self._out.push(_EOF)
-        return True  # keep the socket open: the other direction may still be flowing
+    def eof_received(self) -> None:
+        self._out.push(_EOF)  # the socket stays open: the other direction may still be flowing
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        if exc is not None and self._connection is not None:
+    def connection_lost(self, exc: Exception) -> None:
+        if self._connection is not None:
             self._out.push(_RESET)  # the peer reset its connection: reset the other side too
 
     def pause_writing(self) -> None:
@@ -417,15 +604,6 @@ class _Side(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._in.unblock()
-
-
-def _reset(transport: asyncio.BaseTransport) -> None:
-    """Close with an RST rather than a FIN, so a reset propagates as a reset."""
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    cast(asyncio.Transport, transport).abort()
 
 
 class LatencyProxy:
