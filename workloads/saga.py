@@ -1,15 +1,16 @@
-"""What a saga step is, how its idempotency keys are spelled, and a plain reference run.
+"""What a saga step is, how its idempotency keys are spelled, and what running one means.
 
-Each workload's `spec.py` lists its steps as `Step` values. The choreography and the Temporal
-workflow both build their payloads from the same steps, so they send identical requests under
-identical keys. `run_direct` executes the steps one after another straight against the
-services: it is the sequential meaning that both systems must reproduce, and the tests use it
-to drive the services through every outcome.
+Each workload's `spec.py` lists its steps as `Step` values. Every system builds its payloads
+from the same steps, so all send identical requests under identical keys. `run_saga` is the one
+meaning of a linear saga (steps in order, compensation of everything attempted in reverse on a
+refusal): the orchestrated twins (Temporal, DBOS, Restate) run it with their own durable step
+call, the choreography reproduces it, and `run_direct` runs it straight against the services,
+with no durability, to drive them through every outcome in tests.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +56,65 @@ class ServiceError(Exception):
     """A service answered neither 200 nor 409."""
 
 
+class Refused(Exception):
+    """A service refused a step: its 409, with the service's reason."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class CompensationRefused(Exception):
+    """A service refused a compensation, which the service contract forbids: a bug to show,
+    never an outcome."""
+
+
+# How a system sends one step to its service: (role, operation, idempotency key, body) -> the
+# answer's JSON body, or Refused. Each system wraps the HTTP call in its own durability (a
+# Temporal activity, a DBOS step, a Restate `ctx.run`); its retries stay inside.
+StepCall = Callable[[str, str, str, dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+async def run_saga(
+    saga_id: str, steps: Sequence[Step], request: Mapping[str, Any], call: StepCall
+) -> dict[str, Any]:
+    """Run one saga's `steps` in order through `call`; `{"saga_id", "outcome", "reason",
+    "results"}`.
+
+    A refused read-only step ends the saga as rejected (nothing was committed yet). A refused
+    commit compensates every commit attempted, itself included, in reverse order: always safe,
+    because compensating an unapplied commit only leaves a tombstone. Deterministic given the
+    answers, so an orchestrator may replay it.
+    """
+    results: dict[str, Any] = {}
+    attempted: list[Step] = []
+    for step in steps:
+        if step.undo is not None:
+            # Registered before the call: its fate is unknown until the answer arrives.
+            attempted.append(step)
+        key = idempotency_key(saga_id, step.name)
+        try:
+            results[step.name] = await call(
+                step.role, step.operation, key, step.build(request, results)
+            )
+        except Refused as refused:
+            if step.undo is None:
+                return _outcome(saga_id, REJECTED, refused.reason, results)
+            for done in reversed(attempted):
+                assert done.undo is not None
+                undo = undo_key(saga_id, done.name)
+                try:
+                    await call(done.role, done.undo, undo, undo_payload(saga_id, done.name))
+                except Refused as error:
+                    raise CompensationRefused(f"{done.undo} {undo}: {error.reason}") from error
+            return _outcome(saga_id, COMPENSATED, refused.reason, results)
+    return _outcome(saga_id, COMMITTED, None, results)
+
+
+def _outcome(saga_id: str, outcome: str, reason: str | None, results: dict[str, Any]) -> dict:
+    return {"saga_id": saga_id, "outcome": outcome, "reason": reason, "results": results}
+
+
 async def call(
     session: aiohttp.ClientSession, url: str, operation: str, key: str, payload: Mapping[str, Any]
 ) -> tuple[int, dict[str, Any]]:
@@ -74,49 +134,16 @@ async def run_direct(
     urls: Mapping[str, str],
     session: aiohttp.ClientSession,
 ) -> dict[str, Any]:
-    """Run one saga sequentially against the services at `urls` (role -> base URL).
+    """Run one saga sequentially against the services at `urls` (role -> base URL), with no
+    durability at all: the meaning every system must reproduce (:func:`run_saga`)."""
 
-    Returns `{"saga_id", "outcome", "reason", "results"}`. On a business abort every commit
-    step attempted so far, the failed one included, is compensated in reverse order: that is
-    always safe because compensating an unapplied commit only leaves a tombstone.
-    """
-    saga_id = request["saga_id"]
-    results: dict[str, Any] = {}
-    attempted: list[Step] = []
-    for step in steps:
-        if step.undo is not None:
-            attempted.append(step)
-        status, body = await call(
-            session,
-            urls[step.role],
-            step.operation,
-            idempotency_key(saga_id, step.name),
-            step.build(request, results),
-        )
-        if status == 200:
-            results[step.name] = body
-            continue
-        if step.undo is None:
-            return {
-                "saga_id": saga_id,
-                "outcome": REJECTED,
-                "reason": body["error"],
-                "results": results,
-            }
-        for done in reversed(attempted):
-            status, _ = await call(
-                session,
-                urls[done.role],
-                done.undo,
-                undo_key(saga_id, done.name),
-                undo_payload(saga_id, done.name),
-            )
-            if status != 200:
-                raise ServiceError(f"compensation {done.undo} of {saga_id} answered {status}")
-        return {
-            "saga_id": saga_id,
-            "outcome": COMPENSATED,
-            "reason": body["error"],
-            "results": results,
-        }
-    return {"saga_id": saga_id, "outcome": COMMITTED, "reason": None, "results": results}
+    async def direct(role: str, operation: str, key: str, body: dict[str, Any]) -> dict:
+        status, answer = await call(session, urls[role], operation, key, body)
+        if status == 409:
+            raise Refused(answer["error"])
+        return answer
+
+    try:
+        return await run_saga(request["saga_id"], steps, request, direct)
+    except CompensationRefused as error:
+        raise ServiceError(str(error)) from error

@@ -1,11 +1,11 @@
 """Saga mechanics shared by the Temporal workflows: steps, compensations, outcome.
 
 A workflow hands its workload's steps (the `Step` list of workloads/<name>/spec.py) to
-`Saga.run`, which gives them the meaning of `workloads.saga.run_direct`: payloads built from the
-request and earlier results, keys `"{saga_id}:{step}"` and `"{saga_id}:{step}:undo"`, and each
-commit's compensation registered before the commit is sent, so that an abort is followed by
-compensating everything attempted in reverse order (the services' tombstones make undoing a
-never-applied commit harmless). `Dispatch` says how a step reaches its service: a regular
+`Saga.run`, which runs them as `workloads.saga.run_saga` does for every system: payloads built
+from the request and earlier results, keys `"{saga_id}:{step}"` and `"{saga_id}:{step}:undo"`,
+and each commit's compensation registered before the commit is sent, so that an abort is
+followed by compensating everything attempted in reverse order (the services' tombstones make
+undoing a never-applied commit harmless). `Dispatch` says how a step reaches its service: a regular
 activity on the service's own task queue (distributed configuration) or a local activity in the
 workflow's worker (tuned configuration).
 
@@ -29,15 +29,7 @@ with workflow.unsafe.imports_passed_through():
         CALL_POLICY,
         ServiceCall,
     )
-    from workloads.saga import (
-        COMMITTED,
-        COMPENSATED,
-        REJECTED,
-        Step,
-        idempotency_key,
-        undo_key,
-        undo_payload,
-    )
+    from workloads.saga import CompensationRefused, Refused, Step, run_saga
 
 
 @dataclass
@@ -58,16 +50,9 @@ class SagaInput:
     dispatch: Dispatch = field(default_factory=Dispatch)
 
 
-class _Refused(Exception):
-    """A service refused a step (409 or another non-retryable 4xx)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
 class Saga:
-    """One run of a saga inside a workflow."""
+    """One run of a saga inside a workflow: `workloads.saga.run_saga` with activities as its
+    step calls."""
 
     def __init__(self, saga: SagaInput) -> None:
         self.saga_id = saga.saga_id
@@ -75,53 +60,17 @@ class Saga:
         self.dispatch = saga.dispatch
 
     async def run(self, steps: Sequence[Step]) -> dict[str, Any]:
-        """Run `steps` in order; the outcome record `{"saga_id", "outcome", "reason"}`.
+        """Run `steps` in order; the outcome record `{"saga_id", "outcome", "reason"}`."""
+        try:
+            done = await run_saga(self.saga_id, steps, self.request, self._step)
+        except CompensationRefused as error:
+            # A refused compensation is a bug in a service: fail the workflow visibly (a plain
+            # exception would only retry the workflow task forever).
+            raise ApplicationError(str(error), non_retryable=True) from error
+        return {k: done[k] for k in ("saga_id", "outcome", "reason")}
 
-        A refused read-only step ends the saga as rejected (nothing was committed yet). A
-        refused commit compensates every commit attempted, itself included, in reverse order.
-        """
-        results: dict[str, Any] = {}
-        attempted: list[Step] = []
-        for step in steps:
-            if step.undo is not None:
-                # Registered before the call: its fate is unknown until the answer arrives.
-                attempted.append(step)
-            call = ServiceCall(
-                step.role,
-                step.operation,
-                idempotency_key(self.saga_id, step.name),
-                step.build(self.request, results),
-            )
-            try:
-                results[step.name] = await self._call(call)
-            except _Refused as refused:
-                if step.undo is None:
-                    return self._outcome(REJECTED, refused.reason)
-                await self._compensate(attempted)
-                return self._outcome(COMPENSATED, refused.reason)
-        return self._outcome(COMMITTED, None)
-
-    async def _compensate(self, attempted: list[Step]) -> None:
-        for step in reversed(attempted):
-            assert step.undo is not None
-            undo = ServiceCall(
-                step.role,
-                step.undo,
-                undo_key(self.saga_id, step.name),
-                undo_payload(self.saga_id, step.name),
-            )
-            try:
-                await self._call(undo)
-            except _Refused as refused:
-                # A refused compensation is a bug in a service: fail the workflow visibly
-                # (a plain exception would only retry the workflow task forever).
-                raise ApplicationError(
-                    f"compensation {undo.idempotency_key} refused: {refused.reason}",
-                    non_retryable=True,
-                ) from refused
-
-    def _outcome(self, outcome: str, reason: str | None) -> dict[str, Any]:
-        return {"saga_id": self.saga_id, "outcome": outcome, "reason": reason}
+    async def _step(self, role: str, operation: str, key: str, body: dict[str, Any]) -> dict:
+        return await self._call(ServiceCall(role, operation, key, body))
 
     async def _call(self, call: ServiceCall) -> dict:
         try:
@@ -141,5 +90,5 @@ class Saga:
             # the ApplicationError itself.
             cause = error.cause if isinstance(error, ActivityError) else error
             if isinstance(cause, ApplicationError) and cause.type in (BUSINESS_ABORT, BAD_REQUEST):
-                raise _Refused(cause.message) from error
+                raise Refused(cause.message) from error
             raise
