@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 
 from bench.analysis import percentile_ms
-from bench.deploy import ProcessSpec, Supervisor, free_ports
+from bench.deploy import ProcessSpec, Supervisor
 from bench.matrix import BASELINE_SYSTEM, SYSTEMS
 from bench.proxy import set_delays
 from bench.report import collect_environment, markdown_table
@@ -58,7 +58,7 @@ from bench.topology import (
     write_links_file,
 )
 from workloads import Workload, discover
-from workloads.launch import free_port, service_command
+from workloads.launch import free_port, free_ports, service_command
 
 PY = sys.executable
 SEED = 1

@@ -254,14 +254,19 @@ class _ReleaseClock:
     """Calls back at a release time, to tens of microseconds, in one event loop.
 
     Callbacks sit in a heap; one timerfd, armed for the earliest, wakes the loop through
-    ``add_reader``. Waking takes the kernel and the scheduler some tens of microseconds, paid
-    on every release (twice per round trip): so the timer is armed that much early (``_lead``,
-    the median wake-up latency seen so far, at most ``_MAX_LEAD_S``) and the last stretch is
-    waited out on the CPU. Nothing is ever released before its time. Without a timerfd (not
-    Linux) it falls back on the loop's timers.
+    ``add_reader``. Waking takes the kernel, the scheduler and (in a VM) the host a tenth of a
+    millisecond or more, paid on every release (twice per round trip): so the timer is armed
+    that much early (``_lead``, the ``_LEAD_QUANTILE`` of the wake-up latencies seen so far, at
+    most ``_MAX_LEAD_S``) and the last stretch is waited out on the CPU. A median lead left
+    half the releases late by the spread of the wake-ups (0.15-0.3 ms p50 per release on this
+    VM); the 90th percentile costs a spin of about that spread per wake-up instead. Nothing is
+    ever released before its time. Without a timerfd (not Linux) it falls back on the loop's
+    timers.
     """
 
-    _MAX_LEAD_S = 200e-6
+    _MAX_LEAD_S = 1e-3
+    _LEAD_QUANTILE = 0.9
+    _LEAD_STEP_S = 2e-6
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -302,9 +307,11 @@ class _ReleaseClock:
             os.read(self._timer[0], 8)
         now = time.monotonic()
         if self._armed_at < now:
-            # A running median of the wake-up latency: step towards each observation.
+            # A running quantile of the wake-up latency: up by q/(1-q) steps when a wake-up
+            # came later than the lead, down by one when it did not.
             late = now - self._armed_at
-            step = 2e-6 if late > self._lead else -2e-6
+            q = self._LEAD_QUANTILE
+            step = self._LEAD_STEP_S * (q / (1 - q) if late > self._lead else -1.0)
             self._lead = min(self._MAX_LEAD_S, max(0.0, self._lead + step))
         due = []
         while self._heap and self._heap[0][0] <= now + self._lead:
@@ -353,12 +360,52 @@ class LinkSpec:
             raise ValueError(f"link {self.name!r}: delay_ms and jitter_ms must be >= 0")
 
 
+class Lateness:
+    """How late a link wrote its chunks on: the time from when a chunk was due (its kernel
+    receive time plus the link's delay) to when the proxy had written it to the receiver's
+    socket. That is what the proxy itself adds to each one-way trip; whatever the receiver
+    then takes to wake up after waiting out the delay, a real network charges too.
+
+    A histogram of 10 µs bins up to 50 ms (and one beyond), so that a cell of any length
+    costs the same memory."""
+
+    BIN_S = 10e-6
+    BINS = 5000
+
+    def __init__(self) -> None:
+        self.counts = [0] * (self.BINS + 1)
+        self.releases = 0
+
+    def add(self, late_s: float) -> None:
+        self.counts[min(self.BINS, max(0, int(late_s / self.BIN_S)))] += 1
+        self.releases += 1
+
+    def quantile_ms(self, q: float) -> float:
+        """The `q` quantile (0..1) in ms, to a bin's width (its upper edge); NaN if empty."""
+        if not self.releases:
+            return math.nan
+        rank, seen = q * self.releases, 0
+        for i, count in enumerate(self.counts):
+            seen += count
+            if seen >= rank and count:
+                return round((i + 1) * self.BIN_S * 1000, 3)
+        return round((self.BINS + 1) * self.BIN_S * 1000, 3)
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "releases": self.releases,
+            "late_p50_ms": self.quantile_ms(0.5),
+            "late_p99_ms": self.quantile_ms(0.99),
+        }
+
+
 class _Link:
     """A listening socket and the connections it proxies."""
 
     def __init__(self, spec: LinkSpec, rng: random.Random) -> None:
         self.spec = spec
         self._rng = rng
+        self.lateness = Lateness()
         self.clock: _ReleaseClock
         self._listener: socket.socket | None = None
         self.connections: set[_Connection] = set()
@@ -457,8 +504,9 @@ class _Direction:
         if self.done or receiver is None:
             return
         now = time.monotonic()
+        lateness = self._connection.link.lateness
         while self._held and self._held[0][0] <= now and not self._blocked:
-            _, item = self._held.popleft()
+            due, item = self._held.popleft()
             if item is _RESET:
                 self._connection.reset()
                 return
@@ -473,6 +521,7 @@ class _Direction:
                 return
             assert isinstance(item, bytes)
             receiver.write(item)  # may pause_writing() at once: then the loop stops here
+            lateness.add(time.monotonic() - due)
             self._bytes -= len(item)
         if self.sender is not None and self._bytes < _HELD_LOW:
             self.sender.resume_reading()
@@ -659,6 +708,15 @@ class LatencyProxy:
         """The bound listening port of the link called ``name``."""
         return self._links[name].port
 
+    def lateness(self, reset: bool = False) -> dict[str, dict[str, float]]:
+        """Each link's :class:`Lateness` so far, by name; with ``reset``, start counting anew
+        (e.g. once the warm-up is over)."""
+        summaries = {name: link.lateness.summary() for name, link in self._links.items()}
+        if reset:
+            for link in self._links.values():
+                link.lateness = Lateness()
+        return summaries
+
     @property
     def links(self) -> dict[str, LinkSpec]:
         """The link specs, by name, with their bound ports filled in."""
@@ -787,14 +845,22 @@ def _cli_links(args: argparse.Namespace) -> list[LinkSpec]:
 async def _control(
     proxy: LatencyProxy, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
-    """One control connection: JSON lines ``{"delay_ms": D, "links": [names]?}``, one answer
-    each: ``{"links": [names changed]}`` or ``{"error": why}``."""
+    """One control connection: JSON lines ``{"delay_ms": D, "links": [names]?}``, answered
+    ``{"links": [names changed]}``, or ``{"lateness": "read" | "reset"}``, answered
+    ``{"lateness": {name: summary}}`` (:meth:`LatencyProxy.lateness`); ``{"error": why}`` for
+    anything else."""
     try:
         while line := await reader.readline():
             try:
                 command = json.loads(line)
-                changed = proxy.set_delay(float(command["delay_ms"]), command.get("links"))
-                answer: dict[str, object] = {"links": changed}
+                answer: dict[str, object]
+                if "lateness" in command:
+                    if command["lateness"] not in ("read", "reset"):
+                        raise ValueError(f"lateness must be read or reset: {command}")
+                    answer = {"lateness": proxy.lateness(reset=command["lateness"] == "reset")}
+                else:
+                    changed = proxy.set_delay(float(command["delay_ms"]), command.get("links"))
+                    answer = {"links": changed}
             except (ValueError, KeyError, TypeError) as exc:
                 answer = {"error": repr(exc)}
             writer.write(json.dumps(answer).encode() + b"\n")
@@ -805,6 +871,24 @@ async def _control(
         writer.close()
 
 
+async def _command(
+    control: tuple[str, int], command: Mapping[str, object], key: str, timeout_s: float = 10.0
+) -> Any:
+    """Send one command to a running proxy process's ``--control`` port; its answer's `key`."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(*control), timeout_s)
+    try:
+        writer.write(json.dumps(dict(command)).encode() + b"\n")
+        await writer.drain()
+        answer = json.loads(await asyncio.wait_for(reader.readline(), timeout_s) or b"{}")
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
+    if key not in answer:
+        raise RuntimeError(f"proxy at {control[0]}:{control[1]} refused: {answer}")
+    return answer[key]
+
+
 async def set_delays(
     control: tuple[str, int],
     delay_ms: float,
@@ -813,21 +897,19 @@ async def set_delays(
 ) -> list[str]:
     """Set the one-way delay of a running proxy process's links through its ``--control``
     port; returns the names of the links changed. The change is in effect when this returns."""
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(*control), timeout_s)
-    try:
-        command: dict[str, object] = {"delay_ms": delay_ms}
-        if links is not None:
-            command["links"] = list(links)
-        writer.write(json.dumps(command).encode() + b"\n")
-        await writer.drain()
-        answer = json.loads(await asyncio.wait_for(reader.readline(), timeout_s) or b"{}")
-    finally:
-        writer.close()
-        with contextlib.suppress(Exception):
-            await writer.wait_closed()
-    if "links" not in answer:
-        raise RuntimeError(f"proxy at {control[0]}:{control[1]} refused: {answer}")
-    return list(answer["links"])
+    command: dict[str, object] = {"delay_ms": delay_ms}
+    if links is not None:
+        command["links"] = list(links)
+    return list(await _command(control, command, "links", timeout_s))
+
+
+async def read_lateness(
+    control: tuple[str, int], reset: bool = False, timeout_s: float = 10.0
+) -> dict[str, dict[str, float]]:
+    """Each link's :class:`Lateness` summary from a running proxy process (and, with
+    ``reset``, start counting anew)."""
+    command = {"lateness": "reset" if reset else "read"}
+    return dict(await _command(control, command, "lateness", timeout_s))
 
 
 async def _serve_echo(host: str, port: int) -> None:
@@ -1000,6 +1082,9 @@ PROBE_COLUMNS = (
     "added_p50_ms",
     "added_p99_ms",
     "added_max_ms",
+    "releases",
+    "release_late_p50_ms",
+    "release_late_p99_ms",
 )
 PROBE_PREFIX = "probe:"
 # A cell's figures from its probe (:func:`proxy_added`), as summary.csv names them.
@@ -1052,9 +1137,13 @@ class LinkProbe:
         self._errors: dict[str, int] = {}
 
     @contextlib.contextmanager
-    def running(self, csv_path: Path, after_s: float = 0.0) -> Iterator[None]:
+    def running(
+        self, csv_path: Path, after_s: float = 0.0, proxy: tuple[str, int] | None = None
+    ) -> Iterator[None]:
         """Probe from ``after_s`` seconds on until the block ends, then write ``csv_path``
-        (:data:`PROBE_COLUMNS`). Without links there is nothing to probe and no file."""
+        (:data:`PROBE_COLUMNS`). With the proxy process's ``--control`` address, each row also
+        says how late the proxy released the system's own traffic on that link over the same
+        time (:class:`Lateness`). Without links there is nothing to probe and no file."""
         if not self.twins:
             yield
             return
@@ -1065,9 +1154,16 @@ class LinkProbe:
             _prioritise()  # this thread only
             control["loop"], control["stop"] = asyncio.get_running_loop(), asyncio.Event()
             started.set()
+
+            async def reset_after_warmup() -> None:
+                if proxy is not None and not await _stopped(control["stop"], after_s):
+                    with contextlib.suppress(OSError, RuntimeError, TimeoutError):
+                        await read_lateness(proxy, reset=True)  # the warm-up does not count
+
             targets = [(DIRECT, self.echo_port, 0.0)]
             targets += [(t.name, t.listen_port, t.delay_ms) for t in self.twins]
             await asyncio.gather(
+                reset_after_warmup(),
                 *(
                     self._ping(
                         name,
@@ -1077,7 +1173,7 @@ class LinkProbe:
                         control["stop"],
                     )
                     for i, (name, port, delay) in enumerate(targets)
-                )
+                ),
             )
 
         echo = subprocess.Popen(
@@ -1104,7 +1200,11 @@ class LinkProbe:
             except subprocess.TimeoutExpired:
                 echo.kill()
                 echo.wait()
-            self._write(csv_path)
+            late: dict[str, dict[str, float]] = {}
+            if proxy is not None:
+                with contextlib.suppress(OSError, RuntimeError, TimeoutError):
+                    late = asyncio.run(read_lateness(proxy))
+            self._write(csv_path, late)
 
     async def _ping(
         self, name: str, port: int, delay_ms: float, start_s: float, stop: asyncio.Event
@@ -1137,17 +1237,23 @@ class LinkProbe:
             writer.close()
         self._errors[name] = errors
 
-    def _write(self, path: Path) -> None:
+    def _write(self, path: Path, late: Mapping[str, Mapping[str, float]]) -> None:
         from bench.analysis import percentile_ms  # numpy: only in the harness, not the proxy
 
         delays = {t.name: t.delay_ms for t in self.twins}
+        nothing = {"releases": 0, "late_p50_ms": math.nan, "late_p99_ms": math.nan}
         with Path(path).open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=PROBE_COLUMNS)
             writer.writeheader()
             for name, added in self._added.items():
+                link = name.removeprefix(PROBE_PREFIX)
+                mine = late.get(link, nothing)  # the system's own traffic on the link
                 writer.writerow(
                     {
-                        "link": name.removeprefix(PROBE_PREFIX),
+                        "link": link,
+                        "releases": mine["releases"],
+                        "release_late_p50_ms": mine["late_p50_ms"],
+                        "release_late_p99_ms": mine["late_p99_ms"],
                         "configured_one_way_ms": delays.get(name, 0.0),
                         "samples": len(added),
                         "errors": self._errors.get(name, 0),
@@ -1178,14 +1284,17 @@ async def _stopped(stop: asyncio.Event, within_s: float) -> bool:
 
 
 def proxy_added(cell_path: Path) -> dict[str, float]:
-    """A cell's figure from its proxy.csv: the worst link's p50 and p99 of what the proxy added
-    (ms per round trip), the p50 less the direct round trip (the proxy's own share), and how
-    many probes that rests on; {} if the cell has no proxy.csv.
+    """A cell's figures from its proxy.csv, per round trip (ms), on its worst link: what the
+    probe measured the proxy to add (p50, p99), and the proxy's own share (p50), the time by
+    which it released the system's own traffic after it was due, both ways; {} if the cell
+    has no proxy.csv.
 
-    For summary.csv (:data:`PROXY_FIGURES`): ``proxy_own_p50_ms`` above :data:`OWN_LIMIT_MS`
-    means the proxy, not the system, moved the cell's latency noticeably. The direct round trip
-    is taken out because a system pays it without the proxy too: a call to a process beside it
-    on loopback wakes two processes just as the probe's ping does."""
+    The probe's round trip also holds what its two ends take to wake up after waiting out the
+    delay, which any network charges and which its straight ``(direct)`` ping, answered at
+    once, does not show: so the own share comes from the proxy's release lateness where the
+    cell recorded it, else (older runs) from the probe less the direct ping. For summary.csv
+    (:data:`PROXY_FIGURES`): ``proxy_own_p50_ms`` above :data:`OWN_LIMIT_MS` means the proxy,
+    not the system, moved the cell's latency noticeably."""
     path = Path(cell_path) / PROXY_CSV
     if not path.exists():
         return {}
@@ -1196,11 +1305,13 @@ def proxy_added(cell_path: Path) -> dict[str, float]:
         return {}
     direct = [float(r["added_p50_ms"]) for r in rows if r["link"] == DIRECT]
     worst = max(float(r["added_p50_ms"]) for r in links)
+    late = [2 * float(r["release_late_p50_ms"]) for r in links
+            if int(r.get("releases") or 0)]  # fmt: skip
+    probe_own = worst - direct[0] if direct else float("nan")
     return {
         "proxy_added_p50_ms": worst,
         "proxy_added_p99_ms": max(float(r["added_p99_ms"]) for r in links),
-        # What two processes pay anyway to wake each other, taken out: the proxy's own share.
-        "proxy_own_p50_ms": worst - direct[0] if direct else float("nan"),
+        "proxy_own_p50_ms": max(late) if late else probe_own,
         "proxy_probes": sum(int(r["samples"]) for r in links),
     }
 

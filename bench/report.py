@@ -439,9 +439,13 @@ def _proxy_section(summary: pd.DataFrame) -> str:
     return (
         "## The latency proxy under load\n\nDuring every cell a probe pings through a twin of "
         "each latency link (same delay, same proxy process) twice a second; `proxy_added` is "
-        "the round trip less twice the configured delay, on the worst link; `proxy_own` takes "
-        "out what the same ping costs straight to its echo process without the proxy, which a "
-        f"system pays anyway. The bar is {OWN_LIMIT_MS} ms p50 of the proxy's own share; the "
+        "that round trip less twice the configured delay, on the worst link. It also holds "
+        "what the probe's two ends take to wake up after waiting out the delay, which any "
+        "network charges. `proxy_own` is the proxy's own share: how late, after they were due "
+        "(their kernel receive time plus the delay), it wrote the system's own chunks on, both "
+        "ways of a round trip, on the worst link (in runs that did not record it: the probe "
+        "less a straight ping to the echo process). "
+        f"The bar is {OWN_LIMIT_MS} ms p50 of the proxy's own share; the "
         f"worst cell, {worst.workload}/{worst.system}/{worst.scenario}, shows "
         f"{worst.proxy_own_p50_ms:.2f} ms. {verdict}\n\n" + markdown_table(table, "{:.2f}")
     )

@@ -53,7 +53,6 @@ from bench.deploy import (
     DeployError,
     ProcessSpec,
     Supervisor,
-    free_ports,
     harness_cpu_s,
     machine_busy_s,
 )
@@ -69,7 +68,7 @@ from bench.systems.accompanist import Sidecars
 from bench.topology import load_topology, network_floor, plan_links, write_links_file
 from workloads import Workload, discover
 from workloads.consistency import fetch_states
-from workloads.launch import free_port, service_command
+from workloads.launch import free_port, free_ports, service_command
 
 PY = sys.executable
 CAPACITY_STOPS_JSON = "capacity_stops.json"
@@ -218,15 +217,18 @@ def run_cell(run_dir: Path, cell: Cell, progress: Callable[[str], None] = print)
     creds = CellCredentials(cd.path / "tls") if scenario.tls else None
     harness_tls = creds.harness_context() if creds is not None else None
 
+    # The proxy's control port: the probe asks it how late it released the cell's traffic.
+    proxy_control = ("127.0.0.1", next(free)) if links else None
     with Supervisor(cd.path) as sup:
-        if links:
+        if links and proxy_control is not None:
             proxied = [*links.values(), *probe.twins]
             links_file = write_links_file(proxied, cd.path / "links.toml")
+            control = f"{proxy_control[0]}:{proxy_control[1]}"
             sup.start(
                 ProcessSpec(
                     "proxy",
-                    [PY, "-m", "bench.proxy", "--links", str(links_file)],
-                    ports=[link.listen_port for link in proxied],
+                    [PY, "-m", "bench.proxy", "--links", str(links_file), "--control", control],
+                    ports=[*(link.listen_port for link in proxied), proxy_control[1]],
                 )
             )
         scheme = "https" if creds is not None else "http"
@@ -300,7 +302,10 @@ def run_cell(run_dir: Path, cell: Cell, progress: Callable[[str], None] = print)
             f"    load: {scenario.load.mode} loop, {scenario.duration_s} s, {crashes.describe()}"
         )
         injector = FaultInjector(faults, sup, cd.faults_csv, t0=t0, resolve=resolve)
-        with injector, probe.running(cd.path / PROXY_CSV, after_s=scenario.warmup_s):
+        with (
+            injector,
+            probe.running(cd.path / PROXY_CSV, after_s=scenario.warmup_s, proxy=proxy_control),
+        ):
             run_locust(
                 net.url("loadgen", "gateway"),
                 wl.name,

@@ -22,15 +22,14 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
-from types import TracebackType
 
 from temporalio.client import Client
 
 from accompanist_py import eventloop
+from baselines.server_process import ServerProcess
 from workloads.launch import free_port
 
 # Values that lower latency without weakening durability or changing semantics.
@@ -72,7 +71,7 @@ def temporal_binary() -> Path | None:
     return Path(found) if found else None
 
 
-class DevServer:
+class DevServer(ServerProcess):
     """One `temporal server start-dev` process with a persistent SQLite file."""
 
     def __init__(
@@ -98,19 +97,13 @@ class DevServer:
             dict(LATENCY_DYNAMIC_CONFIG) if dynamic_config is None else dynamic_config
         )
         self.sqlite_pragmas = dict(DURABILITY_PRAGMAS) if sqlite_pragmas is None else sqlite_pragmas
-        self.log_file = Path(log_file) if log_file else self.db_file.with_suffix(".log")
+        super().__init__(log_file or self.db_file.with_suffix(".log"))
         self.ready_timeout_s = ready_timeout_s
-        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def target(self) -> str:
         """The `host:port` a Temporal client connects to."""
         return f"{self.host}:{self.port}"
-
-    @property
-    def pid(self) -> int | None:
-        """The server's process id while it runs (for the crash injector)."""
-        return self.process.pid if self.process and self.process.poll() is None else None
 
     def command(self) -> list[str]:
         """The exact command line, for logs and reports."""
@@ -143,31 +136,16 @@ class DevServer:
             argv += ["--dynamic-config-value", f"{key}={json.dumps(value)}"]
         return argv
 
-    async def start(self) -> None:
-        """Start the server and return once a client can reach the frontend."""
-        if self.pid is not None:
-            return
-        self._spawn()
-        await self._wait_ready()
-
-    def _spawn(self) -> None:
+    def prepare(self) -> None:
         self.db_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_file, "ab") as log:
-            # Its own process group: a Ctrl-C meant for the harness reaches it through us, in order.
-            self.process = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
 
-    async def _wait_ready(self) -> None:
+    async def wait_ready(self) -> None:
+        """Return once a client can reach the frontend and the namespace answers."""
         deadline = time.monotonic() + self.ready_timeout_s
         last_error: Exception | None = None
         while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"temporal dev server exited with {self.process.returncode}; "
-                    f"see {self.log_file}"
-                )
+            if (why := self.exited()) is not None:
+                raise RuntimeError(f"temporal dev server {why}")
             try:
                 client = await Client.connect(self.target, namespace=self.namespace)
                 # Connecting only proves the frontend listens; a namespace lookup proves that
@@ -183,45 +161,6 @@ class DevServer:
         raise TimeoutError(
             f"temporal dev server not ready after {self.ready_timeout_s}s: {last_error}"
         )
-
-    async def stop(self, grace_s: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL after `grace_s` seconds."""
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.to_thread(process.wait, grace_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            await asyncio.to_thread(process.wait)
-
-    def kill(self) -> None:
-        """SIGKILL, no goodbye: what a crash looks like to the server."""
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.kill()
-            process.wait()
-
-    async def restart(self, *, crash: bool = False) -> None:
-        """Stop (or kill, with `crash=True`) and start again on the same ports and SQLite file."""
-        if crash:
-            self.kill()
-        else:
-            await self.stop()
-        await self.start()
-
-    async def __aenter__(self) -> DevServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
 
 
 def _describe_namespace_request(namespace: str) -> object:

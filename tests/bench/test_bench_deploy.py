@@ -15,10 +15,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bench.deploy import DeployError, ProcessSpec, Supervisor, free_ports, port_is_free
+from bench.deploy import DeployError, ProcessSpec, Supervisor, port_is_free
 from bench.proxy import measure_links
 from bench.topology import load_topology, plan_links, write_links_file
-from workloads.launch import free_port
+from workloads.launch import free_port, free_ports
 
 # A parent that starts a grandchild (which leaves the process group) and then serves HTTP.
 FAMILY = textwrap.dedent(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import random
 import socket
@@ -20,11 +21,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from bench.deploy import free_ports
 from bench.proxy import (
     DIRECT,
     PROXY_CSV,
     LatencyProxy,
+    Lateness,
     LinkProbe,
     LinkSpec,
     measure_round_trip,
@@ -32,6 +33,7 @@ from bench.proxy import (
     set_delays,
 )
 from bench.topology import write_links_file
+from workloads.launch import free_ports
 
 DELAY_MS = 40.0
 SLACK_MS = 200.0  # generous: this box has two busy cores
@@ -333,6 +335,40 @@ def test_the_probe_reports_what_the_proxy_adds_to_each_link(
     assert figure["proxy_own_p50_ms"] == pytest.approx(own)
     assert figure["proxy_probes"] == table.loc[["slow", "fast"], "samples"].sum()
     assert proxy_added(tmp_path / "elsewhere") == {}
+
+
+def test_the_probe_records_how_late_the_proxy_released_the_traffic_of_each_link(
+    echo_thread: _EchoThread, tmp_path: Path
+) -> None:
+    """With the proxy's control port, proxy.csv says how late the system's own chunks left,
+    and the own share per round trip is twice that, on the worst link."""
+    ports = iter(free_ports(6))
+    links = _two_links(echo_thread, ports)
+    probe = LinkProbe(links, ports, interval_s=0.05)
+    control = ("127.0.0.1", next(ports))
+    with (
+        _proxy_process([*links, *probe.twins], tmp_path, "--control", f"{control[0]}:{control[1]}"),
+        probe.running(tmp_path / PROXY_CSV, after_s=0.1, proxy=control),
+    ):
+        time.sleep(0.3)  # past the warm-up (after_s), which the lateness does not count
+        for _ in range(5):  # the system's traffic: round trips through the real "slow" link
+            asyncio.run(_round_trip_ms(links[0].listen_port))
+        time.sleep(0.5)
+    table = pd.read_csv(tmp_path / PROXY_CSV).set_index("link")
+    assert table.loc["slow", "releases"] >= 10  # both ways of 5 round trips
+    assert table.loc["fast", "releases"] == 0  # nobody used it but the probe's twin
+    late = table.loc["slow", "release_late_p50_ms"]
+    assert 0 < late <= table.loc["slow", "release_late_p99_ms"]
+    assert proxy_added(tmp_path)["proxy_own_p50_ms"] == pytest.approx(2 * late)
+
+
+def test_lateness_quantiles_come_from_a_bounded_histogram() -> None:
+    lateness = Lateness()
+    assert math.isnan(lateness.quantile_ms(0.5))
+    for late_us in [5, 15, 15, 25, 95, 100_000]:  # the last beyond the histogram's range
+        lateness.add(late_us * 1e-6)
+    assert lateness.summary() == {"releases": 6, "late_p50_ms": 0.02, "late_p99_ms": 50.01}
+    assert len(lateness.counts) == Lateness.BINS + 1
 
 
 def test_a_probe_without_links_writes_nothing(tmp_path: Path) -> None:

@@ -26,12 +26,8 @@ from baselines.temporal.testing import running_processes
 from baselines.temporal.worker import CONFIGS, deployment, running_worker, task_queue
 from baselines.temporal.workflows import WORKFLOWS
 from workloads import discover
-from workloads.hotel.data import expected_outcome as hotel_expected
 from workloads.launch import running_services
-from workloads.warehouse.data import expected_outcome as warehouse_expected
-
-EXPECTED = {"warehouse": warehouse_expected, "hotel": hotel_expected}
-SAGAS = {"warehouse": 12, "hotel": 20}  # at abort rate 0.5: every trap at least twice
+from workloads.testing import BATCH, BATCH_ABORT_RATE, assert_batch_as_specified
 
 
 def fetch_state(urls: dict[str, str]) -> dict[str, Any]:
@@ -70,7 +66,7 @@ async def test_every_saga_path_ends_as_specified_and_leaves_services_consistent(
     descriptor, twin, tuning = discover()[workload], WORKFLOWS[workload], CONFIGS[config]
     requests = [
         {**request, "saga_id": f"{config}-{request['saga_id']}"}
-        for request in descriptor.requests(7, SAGAS[workload], 0.5)
+        for request in descriptor.requests(7, BATCH[workload], BATCH_ABORT_RATE)
     ]
     async with (
         running_services(workload, tmp_path, seed=7, size=50, abort_rate=0.5) as urls,
@@ -81,17 +77,7 @@ async def test_every_saga_path_ends_as_specified_and_leaves_services_consistent(
         )
         states = await asyncio.to_thread(fetch_state, urls)
 
-    for request, outcome in zip(requests, outcomes, strict=True):
-        assert outcome["saga_id"] == request["saga_id"]
-        assert (outcome["outcome"], outcome["reason"]) == EXPECTED[workload](request), request
-    assert {o["outcome"] for o in outcomes} == (
-        {"committed", "compensated", "rejected"}
-        if workload == "hotel"
-        else {"committed", "compensated"}
-    )
-    report = descriptor.check(states, sent={o["saga_id"]: o["outcome"] for o in outcomes})
-    assert report.ok, report.summary()
-    assert report.committed + report.compensated + report.rejected == len(requests)
+    assert_batch_as_specified(workload, requests, outcomes, states)
 
 
 async def test_a_finished_saga_id_returns_its_outcome_and_never_runs_again(
