@@ -278,7 +278,7 @@ def _system_cpu_s(cpu: pd.DataFrame) -> float:
     return float(cpu.loc[~cpu["process"].isin(HARNESS_PROCESSES), "cpu_s"].sum())
 
 
-def _outside_cores(cell: CellDir, meta: Mapping[str, Any], cpu: pd.DataFrame) -> float:
+def _outside_cores(meta: Mapping[str, Any], cpu: pd.DataFrame) -> float:
     """Cores the machine kept busy beside the cell over its load window (NaN if not recorded):
     all of it less the cell's processes (cpu.csv, Locust and the proxy included) and the
     harness."""
@@ -397,7 +397,7 @@ def summarise(
             metas.append(meta)
             cpu = _cell_cpu(cell)
             cpu_s = _system_cpu_s(cpu)
-            outside.append(_outside_cores(cell, meta, cpu))
+            outside.append(_outside_cores(meta, cpu))
             proxies.append(proxy_added(cell.path))
             # CPU was measured over the whole load, warm-up included, so divide by every saga.
             cpu_per_saga.append(cpu_s / len(mine))
@@ -424,6 +424,7 @@ def summarise(
             count_slack_rps=len(reps) / seconds if seconds > 0 else 0.0,
         )
         reasons = saturation_reasons(step, cores)
+        beside = _worst(outside)
         rows.append(
             {
                 **dict(zip(KEYS, key, strict=True)),
@@ -451,8 +452,8 @@ def summarise(
                 "cpu_cores": step.cpu_cores,
                 "saturated": bool(reasons),
                 "saturation": "; ".join(reasons),
-                "outside_cores": _worst(outside),
-                "contended": _worst(outside) > CONTENDED_CORES,
+                "outside_cores": beside,
+                "contended": beside > CONTENDED_CORES,
                 # The worst repetition's: what the proxy added per round trip under this load.
                 **{c: _worst([p.get(c, float("nan")) for p in proxies]) for c in PROXY_FIGURES},
                 "sweep": first.get("sweep") or "",
