@@ -6,10 +6,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: test bench bench-chain bench-quick lint microbench tune-temporal clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml baselines/restate/package.json
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[bench,dev]'
+	# The Restate server binary, pinned in package.json, into the project (never global).
+	SCARF_ANALYTICS=false npm install --prefix baselines/restate --no-audit --no-fund --loglevel=error
 	touch $(STAMP)
 
 test: $(STAMP)

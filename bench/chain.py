@@ -14,7 +14,9 @@ each configuration (the fairness rule gives the baseline its best honest shot). 
 ``temporal-tuned`` that is the gateway (entry zone), which hosts the worker; in
 ``temporal-distributed`` it is the first stage's worker, so its workflow tasks never cross a
 link. Both then pay two crossings per step beyond the first service, against the
-choreography's one per hop.
+choreography's one per hop. The Restate server and its handler process sit in the entry zone
+beside the gateway (each step's journal entry is a round trip between them), and DBOS runs in
+the gateway: both call every stage from the entry zone, two crossings per stage.
 
 Output, in ``results/<run-id>-chain/``: ``sagas.csv`` (every saga), ``chain.csv`` (median and
 p99 per N, system and delay, with the network floor), ``fits.csv`` (least-squares slope of the
@@ -23,7 +25,7 @@ injected latency from which the choreography's median is below each Temporal con
 ``chain.png`` and ``report.md``.
 
     python -m bench.chain [--n 1,3,5] [--delays 0:9] [--sagas 50] [--warmup 5]
-        [--systems accompanist,temporal-tuned,temporal-distributed]
+        [--systems accompanist,temporal-tuned,temporal-distributed,restate,dbos]
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from bench.matrix import BASELINE_SYSTEM, SYSTEMS
 from bench.proxy import set_delays
 from bench.report import collect_environment, markdown_table
 from bench.results import RESULTS_DIR, CellDir, cell_dir, new_run_dir, publish_run, write_json
-from bench.run import Network, settled_state, start_accompanist, start_temporal
+from bench.run import Network, listening_processes, settled_state, start_system
 from bench.topology import (
     SagaShape,
     Topology,
@@ -73,11 +75,13 @@ SETTLE_SAGAS = 20
 # Links are planned with a nominal delay (a zero-delay pair gets no link) and set per step.
 _NOMINAL_MS = 1.0
 # Wall-time model of the printed estimate, fitted to a full run on this 2-core box (6.2 min).
-_DEPLOY_S = {"accompanist": 5.0, "temporal": 8.0}
+_DEPLOY_S = {"accompanist": 5.0, "temporal": 8.0, "restate": 6.0, "dbos": 4.0}
 _OVERHEAD_MS = {  # (fixed, per stage) ms of a saga on loopback
     "accompanist": (1.0, 2.5),
     "temporal-tuned": (15.0, 2.5),
     "temporal-distributed": (30.0, 13.0),
+    "restate": (10.0, 3.0),
+    "dbos": (8.0, 3.0),
 }
 
 
@@ -89,7 +93,13 @@ class Sweep:
     delays_ms: tuple[float, ...] = tuple(float(d) for d in range(10))
     sagas: int = 50
     warmup: int = 5
-    systems: tuple[str, ...] = (BASELINE_SYSTEM, "temporal-tuned", "temporal-distributed")
+    systems: tuple[str, ...] = (
+        BASELINE_SYSTEM,
+        "temporal-tuned",
+        "temporal-distributed",
+        "restate",
+        "dbos",
+    )
     settle: int = SETTLE_SAGAS
 
     def estimated_s(self) -> float:
@@ -109,7 +119,7 @@ class Sweep:
 def chain_topology(n: int, one_way_ms: float = _NOMINAL_MS) -> Topology:
     """An entry zone (gateway, client, Temporal server) and one zone per stage, all
     ``one_way_ms`` apart; no jitter, and a new connection pays its handshake."""
-    zones = {"entry": {"description": "gateway, load generator, Temporal server"}}
+    zones = {"entry": {"description": "gateway, load generator, Temporal or Restate server"}}
     zones |= {f"z{k}": {"description": f"stage{k}"} for k in range(1, n + 1)}
     data = {
         "name": f"chain{n}",
@@ -161,13 +171,7 @@ def deployed(cd: CellDir, workload: Workload, system: str) -> Iterator[Deploymen
     cell_path = cd.path
     topology = chain_topology(len(workload.services))
     placement = chain_placement(system, workload, topology)
-    listening = [f"service:{s}" for s in workload.services] + ["gateway"]
-    kind = SYSTEMS[system].kind
-    if kind == "accompanist":
-        listening += [f"runtime:{s}" for s in workload.services]
-    else:
-        listening.append("temporal-server")
-    ports = {p: free_port() for p in listening}
+    ports = {p: free_port() for p in listening_processes(SYSTEMS[system], workload)}
     zones = len(set(placement.values()))
     links = plan_links(topology, placement, ports, iter(free_ports(len(ports) * zones)))
     net = Network(placement, ports, links)
@@ -188,10 +192,7 @@ def deployed(cd: CellDir, workload: Workload, system: str) -> Iterator[Deploymen
                 workload, s, ports[f"service:{s}"], cell_path / f"{s}.db", SEED, SIZE, ABORT_RATE
             )
             sup.start(ProcessSpec(f"service:{s}", argv, health_url=f"{direct[s]}/health"))
-        if kind == "accompanist":
-            backend = start_accompanist(sup, workload, net, None, SYSTEMS[system].config)
-        else:
-            backend = start_temporal(sup, cd, workload, net, SYSTEMS[system].config, None)
+        backend = start_system(sup, cd, workload, net, SYSTEMS[system], None)
         gateway = f"http://127.0.0.1:{ports['gateway']}"
         sup.start(
             ProcessSpec(

@@ -7,7 +7,8 @@ one identity per process that listens or calls, issued on first use and reused o
   `.../role/<role>`); it listens to its peers and calls them, and calls its service with it;
 - `service-<name>`: a workload service's server certificate;
 - `client-gateway`: the gateway, calling the initiator sidecar or (temporal-tuned, whose worker
-  it hosts) the services;
+  it hosts, and DBOS, which runs in it) the services;
+- `client-restate-handler`: the process serving the Restate handlers, calling the services;
 - `client-temporal-worker-<service>`: a temporal-distributed worker calling its service;
 - `client-harness`: the harness's own health checks and `GET /state` reads.
 
@@ -37,6 +38,11 @@ from workloads.service_kit import ServiceTLS
 GATEWAY = "gateway"
 HARNESS = "harness"
 LOADGEN_LINK = "plaintext: the harness's measuring boundary, the same for every system"
+RESTATE_HANDLER = "restate-handler"
+RESTATE_PLAINTEXT = (
+    "plaintext: restate-server serves its ingress and calls its deployments without TLS "
+    "settings of its own (evidence in baselines/restate/README.md); one zone, loopback"
+)
 FRONTEND_PLAINTEXT = (
     "plaintext: the Temporal dev server cannot serve TLS (no TLS flag or config file; "
     "evidence in baselines/temporal/README.md)"
@@ -111,8 +117,10 @@ def service_callers(system: str, service: str) -> list[str]:
     """Who calls `service` in a deployment of `system`: the URIs its certificate check admits."""
     if system == "accompanist":
         return [sidecar_uri(service)]
-    if system == "temporal-tuned":
+    if system in ("temporal-tuned", "dbos"):
         return [client_uri(GATEWAY)]
+    if system == "restate":
+        return [client_uri(RESTATE_HANDLER)]
     return [client_uri(temporal_worker(service))]
 
 
@@ -127,6 +135,19 @@ def link_security(system: str, tls: bool) -> dict[str, str]:
             "sidecar -> sidecar": "mutual TLS (each certificate names the roles its holder "
             "sends as)",
             "sidecar -> its service": "mutual TLS (the service admits only its own sidecar)",
+        }
+    if system == "dbos":
+        return links | {
+            "gateway (hosting DBOS) -> services": "mutual TLS (client certificate "
+            "client/gateway; each service admits only it)",
+            "DBOS -> its system database": "a local SQLite file (no network link)",
+        }
+    if system == "restate":
+        return links | {
+            "gateway -> Restate ingress": RESTATE_PLAINTEXT,
+            "Restate server -> handler process": RESTATE_PLAINTEXT,
+            "handler process -> services": "mutual TLS (client certificate "
+            "client/restate-handler; each service admits only it)",
         }
     if system == "temporal-tuned":
         links |= {

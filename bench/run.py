@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from baselines.restate.server import RestateServer
 from baselines.temporal.worker import CONFIGS as TEMPORAL_CONFIGS
 from baselines.temporal.worker import deployment as temporal_deployment
 from bench.analysis import (
@@ -43,6 +44,7 @@ from bench.analysis import (
 from bench.capacity import stop_reasons
 from bench.credentials import (
     GATEWAY,
+    RESTATE_HANDLER,
     CellCredentials,
     files_args,
     link_security,
@@ -71,6 +73,11 @@ from workloads.consistency import fetch_states
 from workloads.launch import free_port, free_ports, service_command
 
 PY = sys.executable
+# The processes a kind deploys besides services, runtimes and gateway; a ``server`` crash slot
+# hits the first. Their ports serve plaintext whatever the scenario (bench.credentials).
+SERVER_PROCESSES = {"temporal": ("temporal-server",), "restate": ("restate-server",
+                                                                   "restate-handler")}  # fmt: skip
+PLAINTEXT_LISTENERS = ("gateway", "temporal-server", "restate-server", "restate-handler")
 CAPACITY_STOPS_JSON = "capacity_stops.json"
 SEED = 1
 SIZE = 5000  # every entity absorbs this many sagas: more than any cell sends
@@ -194,6 +201,83 @@ def start_temporal(
     return plan.gateway_args
 
 
+def start_restate(
+    sup: Supervisor, cd: CellDir, wl: Workload, net: Network, creds: CellCredentials | None
+) -> list[str]:
+    """The Restate server and the handler process, registered; returns the gateway's arguments.
+
+    With `creds` the handler calls its services over HTTPS with its own client certificate; the
+    server's ingress and its calls to the handler stay plaintext (restate-server has no TLS
+    setting for either: bench.credentials.RESTATE_PLAINTEXT).
+    """
+    server = RestateServer(
+        cd.path / "restate", ingress_port=net.ports["restate-server"], admin_port=free_port()
+    )
+    server.prepare()
+    sup.start(
+        ProcessSpec(
+            "restate-server",
+            server.command(),
+            health_url=f"{server.ingress_url}/restate/health",
+            ports=[server.ingress_port, server.admin_port],
+            startup_timeout_s=90.0,
+        )
+    )
+    port = net.ports["restate-handler"]
+    urls = [f"{s}={net.url('restate-handler', f'service:{s}')}" for s in wl.services]
+    tls = files_args(creds.client(RESTATE_HANDLER)) if creds is not None else []
+    sup.start(
+        ProcessSpec(
+            "restate-handler",
+            [PY, "-m", "baselines.restate.handler", "--port", str(port),
+             *(arg for url in urls for arg in ("--service-url", url)), *tls],
+            health_url=f"http://127.0.0.1:{port}/health",
+        )
+    )  # fmt: skip
+    handler = f"http://{net.address('restate-server', 'restate-handler')}"
+    asyncio.run(server.register(handler))
+    return ["--restate", f"http://{net.address('gateway', 'restate-server')}"]
+
+
+def start_dbos(cd: CellDir, wl: Workload, net: Network, creds: CellCredentials | None) -> list[str]:
+    """DBOS runs in the gateway: the gateway's arguments (its database, the services' URLs)."""
+    urls = [f"{s}={net.url('gateway', f'service:{s}')}" for s in wl.services]
+    tls = files_args(creds.client(GATEWAY)) if creds is not None else []
+    return [
+        "--dbos-db",
+        str(cd.path / "dbos.sqlite"),
+        *(arg for url in urls for arg in ("--service-url", url)),
+        *tls,
+    ]
+
+
+def listening_processes(system: System, wl: Workload) -> list[str]:
+    """Every process of a cell that listens: services, gateway, and the system's own."""
+    listening = [f"service:{s}" for s in wl.services] + ["gateway"]
+    listening += SERVER_PROCESSES.get(system.kind, ())
+    if system.kind == "accompanist":
+        listening += [f"runtime:{s}" for s in wl.services]
+    return listening
+
+
+def start_system(
+    sup: Supervisor,
+    cd: CellDir,
+    wl: Workload,
+    net: Network,
+    system: System,
+    creds: CellCredentials | None,
+) -> list[str]:
+    """Start what `system` runs besides services and gateway; returns the gateway's arguments."""
+    if system.kind == "accompanist":
+        return start_accompanist(sup, wl, net, creds, system.config)
+    if system.kind == "temporal":
+        return start_temporal(sup, cd, wl, net, system.config, creds)
+    if system.kind == "restate":
+        return start_restate(sup, cd, wl, net, creds)
+    return start_dbos(cd, wl, net, creds)
+
+
 def run_cell(run_dir: Path, cell: Cell, progress: Callable[[str], None] = print) -> CellDir:
     """Deploy, load, check and tear down one cell; its files land in its cell folder."""
     wl = discover()[cell.workload]
@@ -204,12 +288,7 @@ def run_cell(run_dir: Path, cell: Cell, progress: Callable[[str], None] = print)
     cd.path.mkdir(parents=True, exist_ok=True)
 
     placement = topo.place(list(wl.services), wl.initiator)
-    listening = [f"service:{s}" for s in wl.services] + ["gateway"]
-    if system.kind == "accompanist":
-        listening += [f"runtime:{s}" for s in wl.services]
-    else:
-        listening.append("temporal-server")
-    ports = {p: free_port() for p in listening}
+    ports = {p: free_port() for p in listening_processes(system, wl)}
     free = iter(free_ports(len(ports) * 8 + 1))
     links = plan_links(topo, placement, ports, free)
     probe = LinkProbe(list(links.values()), free)  # what the proxy adds, during the load
@@ -249,10 +328,7 @@ def run_cell(run_dir: Path, cell: Cell, progress: Callable[[str], None] = print)
                     f"service:{s}", argv, health_url=f"{direct[s]}/health", health_tls=harness_tls
                 )
             )
-        if system.kind == "accompanist":
-            backend = start_accompanist(sup, wl, net, creds, system.config)
-        else:
-            backend = start_temporal(sup, cd, wl, net, system.config, creds)
+        backend = start_system(sup, cd, wl, net, system, creds)
         gateway = f"http://127.0.0.1:{ports['gateway']}"
         sup.start(
             ProcessSpec(
@@ -273,11 +349,11 @@ def run_cell(run_dir: Path, cell: Cell, progress: Callable[[str], None] = print)
                 startup_timeout_s=90.0,
             )
         )
-        # With TLS every listener but the gateway and the Temporal frontend is HTTPS.
+        # With TLS every listener but the gateway and the servers' own ports is HTTPS.
         tls_targets = {
             ports[p]: harness_tls
             for p in ports
-            if harness_tls is not None and p not in ("gateway", "temporal-server")
+            if harness_tls is not None and p not in PLAINTEXT_LISTENERS
         }
         link_rows = (
             asyncio.run(measure_links(list(links.values()), tls=tls_targets)) if links else []
@@ -392,18 +468,26 @@ def _crash_target(sup: Supervisor, system: System) -> Callable[[str], str | None
     """Which process a crash slot hits on this system; None when it has no such process.
 
     In temporal-tuned the only worker lives in the gateway process (eager workflow start needs
-    the starting client and the worker in one process), so the gateway *is* the runtime of every
-    service: a runtime crash kills it, entry point and all, and the load generator retries
-    through its restart. accompanist_py has no server to crash (its state lives in the sidecars,
-    which is the point), so a ``temporal-server`` slot does not apply to it.
+    the starting client and the worker in one process), and DBOS is a library in the gateway
+    process, so there the gateway *is* the runtime of every service: a runtime crash kills it,
+    entry point and all, and the load generator retries through its restart. Restate's runtime
+    is its handler process, one for every service. accompanist_py and DBOS have no server to
+    crash (their state lives beside their runtime), so a ``server`` slot does not apply to them.
     """
-    in_gateway = (
+    runtime = None
+    if system.kind == "dbos" or (
         system.kind == "temporal" and not TEMPORAL_CONFIGS[system.config].per_service_workers
-    )
+    ):
+        runtime = "gateway"
+    elif system.kind == "restate":
+        runtime = "restate-handler"
+    servers = SERVER_PROCESSES.get(system.kind, ())
 
     def resolve(slot: str) -> str | None:
-        if in_gateway and slot.startswith("runtime:"):
-            return "gateway"
+        if runtime is not None and slot.startswith("runtime:"):
+            slot = runtime
+        elif slot == "server":
+            slot = servers[0] if servers else ""
         return slot if slot in sup.names() else None
 
     return resolve

@@ -4,6 +4,7 @@ A topology is a TOML file in ``bench/topologies/`` (see ``three-zones.toml`` for
 Processes are named by what they are, independent of the system under test:
 
 - ``loadgen``, ``gateway``, ``temporal-server``, ``workflow-worker`` (Temporal's workflow worker)
+- ``restate-server`` and ``restate-handler`` (the process serving the Restate handlers)
 - ``service:<service>`` — a workload service
 - ``runtime:<service>`` — that service's runtime process: its sidecar (accompanist_py) or its
   Temporal activity worker
@@ -11,11 +12,15 @@ Processes are named by what they are, independent of the system under test:
 Placement rules, most specific first: ``[placement.process]`` names a process; ``gateway``,
 ``loadgen``, ``temporal-server`` are required keys; ``services`` lists zones in the workload's
 service order (initiator first, repeating if shorter); ``runtime:<s>`` follows ``service:<s>``;
-``workflow-worker`` follows the initiator's service.
+``workflow-worker`` follows the initiator's service; ``restate-server`` follows the gateway (the
+issue's placement: the server where the client is) and ``restate-handler`` follows the server
+(each step's journal entry is a round trip between them, so apart they would pay a cross-zone
+round trip per step that nothing forces on Restate).
 
 The *network floor* of a (system, workload, topology) is the latency no runtime can beat: the sum
 of the one-way latencies of the sequential hops on the saga's critical path. Each system has a
-path model (``choreography``, ``orchestrator``, ``orchestrator-local``) that turns a workload's
+path model (``choreography``, ``orchestrator``, ``orchestrator-local``, ``journal``,
+``embedded``) that turns a workload's
 declared shape (its role-to-role messages and its service steps) into a list of one-way
 (from_process, to_process) hops; see :func:`critical_path`.
 """
@@ -34,7 +39,9 @@ from bench.proxy import LinkSpec
 
 TOPOLOGY_DIR = Path(__file__).parent / "topologies"
 FIXED_PROCESSES = ("gateway", "loadgen", "temporal-server")
-PATH_MODELS = ("choreography", "orchestrator", "orchestrator-local")
+PATH_MODELS = ("choreography", "orchestrator", "orchestrator-local", "journal", "embedded")
+# Processes placed by rule rather than by a [placement] key; `[placement.process]` may move them.
+RULED_PROCESSES = ("workflow-worker", "restate-server", "restate-handler")
 
 Hop = tuple[str, str]
 
@@ -89,6 +96,10 @@ class Topology:
         for service in services:
             placement[f"runtime:{service}"] = placement[f"service:{service}"]
         placement["workflow-worker"] = placement[f"service:{initiator}"]
+        placement["restate-server"] = placement["gateway"]
+        placement["restate-handler"] = self.process_zones.get(
+            "restate-server", placement["restate-server"]
+        )
         for process, zone in self.process_zones.items():
             placement[process] = zone
         return placement
@@ -189,11 +200,11 @@ def parse_topology(data: Mapping[str, Any], path: Path) -> Topology:
     process_zones = {}
     for process, z in placement.get("process", {}).items():
         key = f"placement.process.{process!r}"
-        if not (process in (*FIXED_PROCESSES, "workflow-worker") or _is_service_process(process)):
+        if not (process in (*FIXED_PROCESSES, *RULED_PROCESSES) or _is_service_process(process)):
             raise fail(
                 key,
-                "unknown process name (expected gateway, loadgen, temporal-server, "
-                "workflow-worker, service:<name> or runtime:<name>)",
+                f"unknown process name (expected {', '.join((*FIXED_PROCESSES, *RULED_PROCESSES))}"
+                ", service:<name> or runtime:<name>)",
             )
         process_zones[process] = zone(key, z)
     return Topology(
@@ -345,6 +356,12 @@ def critical_path(path_model: str, shape: SagaShape) -> list[Hop]:
       runtime:<s> -> server; a last workflow task completes the workflow.
     - ``orchestrator-local`` (local activities): one workflow task whose worker calls each
       service directly.
+    - ``journal`` (Restate): the gateway calls the server's ingress, which invokes the handler;
+      each step is a call from the handler to the service and back, then the step's journal
+      entry to the server and its acknowledgement back (ctx.run returns only once the entry is
+      durable); the handler's result goes to the server, which answers the gateway.
+    - ``embedded`` (DBOS, a library in the gateway process): the gateway calls each service
+      directly; its checkpoints are local writes.
 
     Hops between co-located processes cost nothing, so listing them keeps the model honest
     without changing the local floor.
@@ -388,6 +405,20 @@ def critical_path(path_model: str, shape: SagaShape) -> list[Hop]:
             ("temporal-server", "gateway"),
             *exit_,
         ]
+    if path_model == "journal":
+        server, handler = "restate-server", "restate-handler"
+        hops = [*entry, ("gateway", server), (server, handler)]
+        for role in shape.steps:
+            s = shape.service(role)
+            hops += [(handler, f"service:{s}"), (f"service:{s}", handler)]
+            hops += [(handler, server), (server, handler)]
+        return [*hops, (handler, server), (server, "gateway"), *exit_]
+    if path_model == "embedded":
+        hops = list(entry)
+        for role in shape.steps:
+            s = shape.service(role)
+            hops += [("gateway", f"service:{s}"), (f"service:{s}", "gateway")]
+        return [*hops, *exit_]
     raise ValueError(f"unknown path model {path_model!r} (known: {', '.join(PATH_MODELS)})")
 
 

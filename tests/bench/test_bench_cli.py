@@ -15,7 +15,7 @@ from synthetic_cells import write_synthetic_cell
 from bench import __main__ as cli
 from bench.analysis import read_table
 from bench.load import LoadError
-from bench.matrix import MATRICES, Cell, Plan
+from bench.matrix import MATRICES, SYSTEMS, Cell, Plan
 from bench.report import HEADLINE_END, HEADLINE_START, refresh_readme
 from bench.results import RAW_ARCHIVE, CellDir, is_published, publish_run
 from bench.run import run_plan
@@ -113,7 +113,7 @@ def test_unknown_names_and_bad_values_are_refused(argv: list[str], capsys) -> No
 def test_dry_run_prints_the_cells_and_the_estimate(capsys) -> None:
     assert cli.main(["run", "--dry-run", "--matrix", "quick", "--sweep", "quick"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("plan quick+quick: 3 cells, about")
+    assert out.startswith(f"plan quick+quick: {len(SYSTEMS) - 1} cells, about")
     assert "warehouse/accompanist/three-zones-crashes-quick/rep1" in out
     assert "skipped three-zones-crashes-quick on accompanist-default" in out
     assert "sweep quick: warehouse x accompanist, accompanist-default" in out

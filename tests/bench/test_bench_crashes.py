@@ -30,7 +30,9 @@ def _deployed(system: str) -> _Names:
     names = ["proxy", "gateway", *(f"service:{s}" for s in SERVICES)]
     if system.startswith("temporal-"):
         names.append("temporal-server")
-    if system != "temporal-tuned":
+    if system == "restate":
+        names += ["restate-server", "restate-handler"]
+    if system in ("accompanist", "temporal-distributed"):
         names += [f"runtime:{s}" for s in SERVICES]
     return _Names(names)
 
@@ -45,11 +47,19 @@ def test_a_runtime_crash_of_temporal_tuned_kills_the_gateway_that_hosts_its_work
     assert _resolve("accompanist", "runtime:payment") == "runtime:payment"
 
 
+def test_restate_and_dbos_crash_what_holds_their_state() -> None:
+    assert {_resolve("restate", f"runtime:{s}") for s in SERVICES} == {"restate-handler"}
+    assert _resolve("restate", "server") == "restate-server"
+    assert {_resolve("dbos", f"runtime:{s}") for s in SERVICES} == {"gateway"}
+    assert _resolve("dbos", "server") is None
+    assert _resolve("temporal-distributed", "server") == "temporal-server"
+
+
 def test_a_server_crash_does_not_apply_to_accompanist_and_says_so() -> None:
-    faults = [Fault("temporal-server", 8.0, 10.0), Fault("temporal-server", 16.0, 18.0)]
+    faults = [Fault("server", 8.0, 10.0), Fault("server", 16.0, 18.0)]
     none = applicability(faults, lambda slot: _resolve("accompanist", slot))
     assert none.all_apply is False and none.applicable == 0
-    assert "no temporal-server" in none.describe()
+    assert "no server" in none.describe()
     every = applicability(faults, lambda slot: _resolve("temporal-tuned", slot))
     assert every.all_apply is True and every.describe() == "2 crashes"
     assert applicability([], lambda slot: None).all_apply is None
@@ -95,3 +105,9 @@ def test_a_temporal_server_killed_9_restarts_on_its_sqlite_file_and_sagas_finish
     assert {loops[p] for p in loops if p.startswith(("runtime:", "service:", "gateway"))} == {
         "uvloop"
     }
+
+
+def test_a_restate_server_killed_9_restarts_on_its_data_and_sagas_finish(tmp_path: Path) -> None:
+    scenario = SCENARIOS["three-zones-server-crashes-quick"]
+    cd = run_checked_cell(tmp_path, "restate", scenario)
+    _check_crashes_recovered(cd, "restate-server", _planned(scenario))

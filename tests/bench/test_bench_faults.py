@@ -24,9 +24,9 @@ def test_the_same_seed_gives_the_same_schedule() -> None:
 
 
 def test_slots_name_what_is_crashed_not_how_a_system_runs_it() -> None:
-    plan = CrashPlan(every_s=2, downtime_s=1, targets=("runtime", "temporal-server"), seed=1)
+    plan = CrashPlan(every_s=2, downtime_s=1, targets=("runtime", "server"), seed=1)
     slots = {f.slot for f in crash_schedule(plan, SERVICES, 200)}
-    assert slots == {"runtime:warehouse", "runtime:payment", "runtime:loyalty", "temporal-server"}
+    assert slots == {"runtime:warehouse", "runtime:payment", "runtime:loyalty", "server"}
 
 
 def test_no_restart_falls_after_the_end_of_the_load() -> None:
@@ -59,7 +59,7 @@ class FakeSupervisor:
 
 
 def test_injector_kills_restarts_and_records_windows(tmp_path: Path) -> None:
-    plan = CrashPlan(every_s=0.2, downtime_s=0.05, targets=("runtime", "temporal-server"), seed=3)
+    plan = CrashPlan(every_s=0.2, downtime_s=0.05, targets=("runtime", "server"), seed=3)
     faults = crash_schedule(plan, SERVICES, 1.3)
     supervisor = FakeSupervisor([f"runtime:{s}" for s in SERVICES])
     out = tmp_path / "faults.csv"
@@ -69,7 +69,7 @@ def test_injector_kills_restarts_and_records_windows(tmp_path: Path) -> None:
     assert tuple(rows[0].keys()) == FAULT_COLUMNS
     assert [r["slot"] for r in rows] == [f.slot for f in faults]
     for row in rows:
-        if row["slot"] == "temporal-server":
+        if row["slot"] == "server":
             assert row["note"] == "not applicable to this system" and row["process"] == ""
         else:
             assert float(row["kill_time"]) <= float(row["restart_time"])

@@ -36,6 +36,8 @@ SMOKE_CRASH = Scenario(
         ("temporal-distributed", SMOKE),
         ("temporal-tuned", SMOKE),
         ("accompanist", SMOKE_CRASH),
+        ("restate", SMOKE_CRASH),  # kills the handler process
+        ("dbos", SMOKE_CRASH),  # kills the gateway, which hosts DBOS
     ],
 )
 def test_a_short_cell_runs_checks_consistent_and_leaves_no_process(

@@ -27,6 +27,8 @@ from bench.credentials import (
     FRONTEND_PLAINTEXT,
     GATEWAY,
     HARNESS,
+    RESTATE_HANDLER,
+    RESTATE_PLAINTEXT,
     CellCredentials,
     files_args,
     link_security,
@@ -57,7 +59,13 @@ def test_the_tls_scenario_is_listed_in_its_own_matrix_and_not_in_quick() -> None
     assert not any(s.tls for s in MATRICES["quick"].scenarios)
     tls = MATRICES["tls"]
     assert {s.name for s in tls.scenarios} == {"three-zones", "three-zones-tls"}
-    assert set(tls.systems) == {"accompanist", "temporal-distributed", "temporal-tuned"}
+    assert set(tls.systems) == {
+        "accompanist",
+        "temporal-distributed",
+        "temporal-tuned",
+        "restate",
+        "dbos",
+    }
 
 
 def test_each_service_admits_only_the_runtime_next_to_it() -> None:
@@ -66,6 +74,8 @@ def test_each_service_admits_only_the_runtime_next_to_it() -> None:
         client_uri("temporal-worker-payment")
     ]
     assert service_callers("temporal-tuned", "payment") == [client_uri(GATEWAY)]
+    assert service_callers("dbos", "payment") == [client_uri(GATEWAY)]
+    assert service_callers("restate", "payment") == [client_uri(RESTATE_HANDLER)]
 
 
 def test_the_link_inventory_says_which_links_stay_plaintext_and_why() -> None:
@@ -75,6 +85,10 @@ def test_the_link_inventory_says_which_links_stay_plaintext_and_why() -> None:
         frontend = [link for link in links if "Temporal frontend" in link]
         assert frontend and all(links[link] == FRONTEND_PLAINTEXT for link in frontend)
         assert any(p.startswith("mutual TLS") for p in links.values())
+    restate = link_security("restate", True)
+    assert restate["Restate server -> handler process"] == RESTATE_PLAINTEXT
+    assert restate["handler process -> services"].startswith("mutual TLS")
+    assert link_security("dbos", True)["gateway (hosting DBOS) -> services"].startswith("mutual")
     assert link_security("accompanist", False) == link_security("temporal-tuned", False)
 
 
@@ -84,6 +98,8 @@ def test_the_link_inventory_says_which_links_stay_plaintext_and_why() -> None:
         ("accompanist", TLS_ZONES),
         ("temporal-distributed", TLS_LOCAL),
         ("temporal-tuned", TLS_LOCAL),
+        ("restate", TLS_LOCAL),
+        ("dbos", TLS_LOCAL),
     ],
 )
 def test_a_tls_cell_runs_consistent_with_every_service_behind_mutual_tls(
@@ -115,6 +131,9 @@ def test_a_tls_cell_runs_consistent_with_every_service_behind_mutual_tls(
             argv = _argv(cd.path, f"runtime:{service}")
             assert f"client-temporal-worker-{service}.pem" in argv
             assert "https://" in argv
+    elif system == "restate":
+        argv = _argv(cd.path, "restate-handler")
+        assert "client-restate-handler.pem" in argv and "https://" in argv
     else:
         assert "client-gateway.pem" in _argv(cd.path, "gateway")
     if scenario.topology == "three-zones":
