@@ -107,6 +107,10 @@ class NodeMetrics:
             f"{p}_sessions_refused_total",
             "New sessions refused by admission control (a client's 503, a peer's retry).",
         )
+        self.batches_deferred = Counter(
+            f"{p}_batches_deferred_total",
+            "Peer batches told to come back later because the store's queue was full.",
+        )
         self.sessions_broken = Counter(
             f"{p}_sessions_broken_total", "Sessions ended by an internal error of the runtime."
         )

@@ -184,6 +184,11 @@ class Node:
                 label="peer",
             ),
             Gauge(
+                "accompanist_store_backlog",
+                "Writes queued for the store (past max_store_backlog peers are told to wait).",
+                self.store.backlog,
+            ),
+            Gauge(
                 "accompanist_sessions_quarantined",
                 "Sessions set aside because the store could not rebuild them.",
                 lambda: len(self.store.quarantined),
@@ -380,8 +385,9 @@ class Node:
     def overloaded(self) -> str | None:
         """Why this node takes no new session now, or None: admission control.
 
-        Only new sessions are refused; messages of running ones are always taken, so that
-        what is queued drains and the node comes back below its limits by itself.
+        Only new sessions are refused here; messages of running ones are taken unless the
+        store's queue is full (`deliver`), so that what is queued drains and the node comes
+        back below its limits by itself.
         """
         cfg = self.config
         if len(self.sessions) >= cfg.max_sessions:
@@ -552,11 +558,21 @@ class Node:
         does not hold up the others, which may belong to other sessions. A refused message
         leaves nothing behind. `peer`: the roles the sender is certified for (see
         `validate`). Raises ValueError for a batch that is too long, and `Overloaded`,
-        storing nothing, if the batch would start a session while the node is full.
+        storing nothing, if the batch would start a session while the node is full, or if the
+        store's queue is full: backpressure, so that a fast sender cannot grow this node's
+        memory without bound. The sender keeps the batch in its durable outbox and sends it
+        again (503 / a retry answer); the writer drains without needing any message, so
+        refusing cannot deadlock, and sessions here only wait.
         """
         if len(batch) > self.config.max_batch_received:
             raise ValueError(
                 f"batch of {len(batch)} messages, the limit is {self.config.max_batch_received}"
+            )
+        backlog = self.store.backlog()
+        if backlog >= self.config.max_store_backlog:
+            self.metrics.batches_deferred.inc()
+            raise Overloaded(
+                f"{backlog} store writes queued, the limit is {self.config.max_store_backlog}"
             )
         full = self.overloaded()
         if full is not None and any(self._would_start(m) for m in batch):

@@ -122,13 +122,23 @@ class Supervisor:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        # A second Ctrl-C or SIGTERM (make signals the whole group again) must not cut the
+        # teardown short and leave children running: they wait until everything is stopped.
+        shielded = threading.current_thread() is threading.main_thread()
+        old = (
+            {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+            if shielded
+            else {}
+        )
         try:
             self.stop_all()
+            atexit.unregister(self.stop_all)  # kept registered if the teardown failed
         finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
             self._stop_sampling.set()
             if self._sampler is not None:
                 self._sampler.join()
-            atexit.unregister(self.stop_all)
             if self._old_sigterm is not None:
                 signal.signal(signal.SIGTERM, self._old_sigterm)  # type: ignore[arg-type]
 

@@ -1,13 +1,15 @@
 """``python -m bench new-workload NAME``: scaffold a saga workload that works as generated.
 
 The templates in ``bench/scaffold_templates/`` mirror the tree they produce: ``NAME`` in a path
-and ``${name}`` / ``${Name}`` in a file become the workload's name and its CamelCase form.
-They make ``workloads/NAME/`` (seed data, steps, services, checker, choreography, descriptor),
-the Temporal twin ``baselines/temporal/NAME.py`` and the end-to-end test
-``tests/workloads/test_NAME.py``: a two-service saga (hold at inventory, charge at billing,
-confirm at inventory, each with its compensation) whose test passes before anything is edited.
-The generated modules import their siblings relatively, so that their import blocks sort the
-same way whatever the name is and stay ruff-clean. docs/adding-a-workload.md is the walkthrough.
+and ``${name}`` / ``${Name}`` in a file become the workload's name and its CamelCase form. They
+make ``workloads/NAME/`` (seed data, steps, services, checker, choreography, descriptor), the
+Temporal twin ``baselines/temporal/NAME.py`` and the end-to-end test
+``tests/workloads/test_NAME.py``, which also runs the workload on the Restate and DBOS twins
+(generic over a descriptor's steps, so a new workload has them without a file of its own): a
+two-service saga (hold at inventory, charge at billing, confirm at inventory, each with its
+compensation) whose test passes before anything is edited. The generated modules import their
+siblings relatively, so that their import blocks sort the same way whatever the name is and stay
+ruff-clean. docs/adding-a-workload.md is the walkthrough.
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ def next_steps(name: str) -> str:
     """What to do after scaffolding, as printed by the command."""
     return f"""\
 Next steps:
-  1. Run its test (services, sidecars and the Temporal twin, every outcome path):
+  1. Run its test (services, sidecars, the Temporal, Restate and DBOS twins, every outcome):
        .venv/bin/pytest tests/workloads/test_{name}.py
   2. Make it your saga: rename the services and steps in workloads/{name}/spec.py,
      services.py and data.py, then the invariants in checker.py.

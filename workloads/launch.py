@@ -72,6 +72,14 @@ def free_port(host: str = "127.0.0.1") -> int:
     return free_ports(1, host)[0]
 
 
+def write_token(path: Path, token: str) -> Path:
+    """Write `token` to `path`, readable by its owner only, for a service's `--token-file`."""
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(token)
+    return path
+
+
 def service_command(
     workload: Workload,
     service: str,
@@ -83,17 +91,18 @@ def service_command(
     host: str = "127.0.0.1",
     *,
     tls: ServiceTLS | None = None,
-    token: str | None = None,
+    token_file: Path | None = None,
 ) -> list[str]:
     """The argv that runs one service of `workload` (over HTTPS with `tls`, and demanding the
-    bearer `token` if given). The token is visible in the process list of this machine."""
+    bearer token in `token_file` if given: a file, so that the process list does not show it;
+    :func:`write_token` makes one)."""
     guard: list[str] = []
     if tls is not None:
         guard += ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key), "--tls-ca", str(tls.ca)]
         for uri in tls.allow_uris:
             guard += ["--allow-uri", uri]
-    if token is not None:
-        guard += ["--token", token]
+    if token_file is not None:
+        guard += ["--token-file", str(token_file)]
     return [
         sys.executable,
         "-m",
@@ -174,7 +183,11 @@ class _Children:
                 abort_rate,
                 host,
                 tls=self.tls.get(service),
-                token=self.tokens.get(service),
+                token_file=(
+                    write_token(self.dirpath / f"{service}.token", self.tokens[service])
+                    if service in self.tokens
+                    else None
+                ),
             )
             with (self.dirpath / f"{service}.log").open("ab") as log:
                 self.procs[service] = subprocess.Popen(

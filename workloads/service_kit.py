@@ -451,7 +451,10 @@ def main(services: Sequence[ServiceDef], argv: Sequence[str] | None = None) -> N
         help="callers' certificates must carry one of these URIs (repeatable)",
     )
     parser.add_argument(
-        "--token", help="callers must send 'Authorization: Bearer TOKEN' (not to /health)"
+        "--token-file",
+        type=Path,
+        help="callers must send 'Authorization: Bearer <the file's token>' (not to /health); "
+        "a file, so that the token is not in the process list",
     )
     args = parser.parse_args(argv)
     if args.size <= 0 or not 0 <= args.abort_rate <= 1:
@@ -473,8 +476,17 @@ def main(services: Sequence[ServiceDef], argv: Sequence[str] | None = None) -> N
             )
     elif args.allow_uri:
         parser.error("--allow-uri needs --tls-cert, --tls-key and --tls-ca")
-    if args.token is not None and len(args.token) < 16:
-        parser.error("--token must be at least 16 characters (as the sidecar's [service] token)")
+    token = None
+    if args.token_file is not None:
+        try:
+            token = args.token_file.read_text().strip()
+        except OSError as exc:
+            parser.error(f"--token-file: {exc}")
+        if len(token) < 16:
+            parser.error(
+                "--token-file: the token must be at least 16 characters (as the sidecar's "
+                "[service] token)"
+            )
     try:
         import uvloop
     except ImportError:  # uvloop is a dependency; stay usable without it all the same
@@ -491,6 +503,6 @@ def main(services: Sequence[ServiceDef], argv: Sequence[str] | None = None) -> N
             args.size,
             args.abort_rate,
             tls=tls,
-            token=args.token,
+            token=token,
         )
     )

@@ -5,13 +5,16 @@ GET  /sessions/{session_id}     client: state, result and restart count
 POST /messages                  peer: messages (msgpack batch); 200 = durably received
 GET  /stream                    peer: the same over one WebSocket (stream transport)
 POST /ready                     peer: it (re)started, resend to it now
-GET  /health, GET /metrics      anyone: liveness, Prometheus text
+GET  /health                    anyone: liveness; a client or peer: the node's details too
+GET  /metrics                   a client or peer: Prometheus text
 
 With TLS, a peer route needs a sidecar certificate of the deployment CA, and each message is
 taken only if its sender is a role the certificate names. A client route needs a client
 certificate or a bearer token from [auth] (compared in constant time) whenever TLS is on or
 tokens are configured: 401 otherwise, and nothing stored. A session belongs to the client
-that started it: to any other it does not exist (404).
+that started it: to any other it does not exist (404). Where callers are authenticated, the
+node's details (roles, session counts, quarantined session ids, metrics) are for authenticated
+clients and certified peers only; anyone else learns only that it is alive.
 """
 
 from __future__ import annotations
@@ -78,22 +81,36 @@ class Access:
         """The authenticated client's name (None when clients are not authenticated)."""
         if not self.clients:
             return None
+        name = self._client_name(request)
+        if name is None:
+            raise web.HTTPUnauthorized(
+                text=json.dumps({"error": "a client certificate or a bearer token is required"}),
+                content_type="application/json",
+                headers={"WWW-Authenticate": 'Bearer realm="accompanist"'},
+            )
+        return name
+
+    def observer(self, request: web.Request) -> bool:
+        """Whether the caller may see the node's details (`/health` in full, `/metrics`): an
+        authenticated client or a certified peer, or anyone when nobody is authenticated."""
+        if not (self.clients or self.peers_certified):
+            return True
+        identity = identity_of_transport(request.transport, self.trust_domain)
+        if identity is not None and identity.is_peer:
+            return True
+        return self.clients and self._client_name(request) is not None
+
+    def _client_name(self, request: web.Request) -> str | None:
         identity = identity_of_transport(request.transport, self.trust_domain)
         if identity is not None and identity.client is not None:
             return identity.client
         scheme, _, offered = request.headers.get("Authorization", "").partition(" ")
+        found = None
         if scheme.lower() == "bearer" and offered:
-            found = None
             for name, token in self.tokens.items():  # every one compared: constant time
                 if hmac.compare_digest(offered.encode(), token.encode()):
                     found = name
-            if found is not None:
-                return found
-        raise web.HTTPUnauthorized(
-            text=json.dumps({"error": "a client certificate or a bearer token is required"}),
-            content_type="application/json",
-            headers={"WWW-Authenticate": 'Bearer realm="accompanist"'},
-        )
+        return found
 
 
 NODE = web.AppKey("node", Node)
@@ -246,7 +263,11 @@ async def ready(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
+    """Liveness for anyone (a load balancer, a container's health check); the node's details
+    (its roles, its sessions, the ids of quarantined ones) only for `Access.observer`s."""
     node = request.app[NODE]
+    if not request.app[ACCESS].observer(request):
+        return web.json_response({"status": "ok"})
     return web.json_response(
         {
             "status": "ok",
@@ -262,6 +283,8 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
+    if not request.app[ACCESS].observer(request):
+        return _error(401, "metrics need a client certificate, a bearer token or a peer's")
     return web.Response(text=request.app[NODE].metrics.render(), content_type="text/plain")
 
 

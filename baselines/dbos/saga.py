@@ -80,11 +80,15 @@ async def saga(workload: str, saga_id: str, request: dict[str, Any]) -> dict[str
 
 
 def system_database(path: Path) -> sa.Engine:
-    """The SQLite system database at `path`, opened with `SQLITE_PRAGMAS`."""
+    """The SQLite system database at `path`: DBOS's own engine (IMMEDIATE transactions, its
+    busy timeout, foreign keys) with WAL and synchronous=NORMAL (`SQLITE_PRAGMAS`)."""
     engine = sa.create_engine(f"sqlite:///{path}", connect_args={"check_same_thread": False})
 
     @sa.event.listens_for(engine, "connect")
     def _pragmas(connection: sqlite3.Connection, _record: Any) -> None:
+        # As DBOS's own SQLite engine does: writers take the lock when they begin, so that two
+        # transactions never race on a read they both mean to write after.
+        connection.isolation_level = "IMMEDIATE"
         for pragma in SQLITE_PRAGMAS:
             connection.execute(f"PRAGMA {pragma}")
 

@@ -10,100 +10,16 @@ client saw.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 
-from baselines.restate.handler import HANDLER
-from baselines.restate.server import RestateServer
+from baselines.restate.testing import post_saga, running_restate
 from workloads import discover
 from workloads.consistency import fetch_states
 from workloads.launch import free_port, running_services
 from workloads.testing import BATCH_ABORT_RATE, assert_batch_as_specified, batch_requests
-
-
-class Handlers:
-    """The handler process on a fixed port, so that a restarted one is where the server looks."""
-
-    def __init__(self, urls: Mapping[str, str], logdir: Path) -> None:
-        self.port = free_port()
-        self.urls = dict(urls)
-        self.log = logdir / "restate-handler.log"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        self._spawn()
-        assert self.process is not None
-        for _ in range(300):
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the handler exited: {self.log.read_text()[-2000:]}")
-            with contextlib.suppress(OSError):
-                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
-                writer.close()
-                return
-            await asyncio.sleep(0.1)
-        raise TimeoutError(f"the handler did not listen: {self.log.read_text()[-2000:]}")
-
-    def _spawn(self) -> None:
-        argv = [sys.executable, "-m", "baselines.restate.handler", "--port", str(self.port)]
-        argv += [arg for s, u in self.urls.items() for arg in ("--service-url", f"{s}={u}")]
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-
-    def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
-@contextlib.asynccontextmanager
-async def restate(urls: Mapping[str, str], tmp_path: Path) -> AsyncIterator[tuple[Any, Any]]:
-    """A server with the handlers registered; yields (server, handlers), both stopped on exit."""
-    server, handlers = RestateServer(tmp_path / "restate"), Handlers(urls, tmp_path)
-    try:
-        await server.start()
-        await handlers.start()
-        await server.register(handlers.url)
-        yield server, handlers
-    finally:
-        handlers.stop()
-        await server.stop()
-
-
-async def post(
-    http: aiohttp.ClientSession, server: RestateServer, workload: str, request: dict[str, Any]
-) -> dict[str, Any]:
-    """Run one saga through the ingress, the saga id as the idempotency key."""
-    async with http.post(
-        f"{server.ingress_url}/{workload}/{HANDLER}",
-        json=request,
-        headers={"idempotency-key": request["saga_id"]},
-    ) as response:
-        body = await response.json(content_type=None)
-        assert response.status == 200, body
-        return body
 
 
 @pytest.mark.parametrize("workload", ["warehouse", "hotel"])
@@ -113,12 +29,12 @@ async def test_every_saga_path_ends_as_specified_and_leaves_services_consistent(
     requests = batch_requests(workload, 7)
     async with (
         running_services(workload, tmp_path, seed=7, size=50, abort_rate=BATCH_ABORT_RATE) as urls,
-        restate(urls, tmp_path) as (server, _),
+        running_restate(urls, tmp_path) as (server, _),
         aiohttp.ClientSession() as http,
     ):
-        outcomes = await asyncio.gather(*(post(http, server, workload, r) for r in requests))
+        outcomes = await asyncio.gather(*(post_saga(http, server, workload, r) for r in requests))
         # The same keys again: the recorded outcomes, and no step runs twice.
-        again = await asyncio.gather(*(post(http, server, workload, r) for r in requests))
+        again = await asyncio.gather(*(post_saga(http, server, workload, r) for r in requests))
         states = await asyncio.to_thread(fetch_states, urls)
 
     assert again == outcomes
@@ -135,8 +51,11 @@ async def test_sagas_in_flight_survive_a_kill_of_the_handler_or_the_server(
     requests = descriptor.requests(11, 6, 0.0)
     ports = {service: free_port() for service in descriptor.services}
     urls = {service: f"http://127.0.0.1:{port}" for service, port in ports.items()}
-    async with restate(urls, tmp_path) as (server, handlers), aiohttp.ClientSession() as http:
-        waiting = [asyncio.ensure_future(post(http, server, "warehouse", r)) for r in requests]
+    async with (
+        running_restate(urls, tmp_path) as (server, handlers),
+        aiohttp.ClientSession() as http,
+    ):
+        waiting = [asyncio.ensure_future(post_saga(http, server, "warehouse", r)) for r in requests]
         done, _ = await asyncio.wait(waiting, timeout=2)
         assert not done  # all of them are in flight, retrying their first step
         if victim == "handler":
@@ -147,7 +66,9 @@ async def test_sagas_in_flight_survive_a_kill_of_the_handler_or_the_server(
             for future in waiting:  # their connections died with the server
                 future.cancel()
             await server.start()
-            waiting = [asyncio.ensure_future(post(http, server, "warehouse", r)) for r in requests]
+            waiting = [
+                asyncio.ensure_future(post_saga(http, server, "warehouse", r)) for r in requests
+            ]
         async with running_services(
             "warehouse", tmp_path, seed=11, size=50, abort_rate=0.0, ports=ports
         ):

@@ -35,7 +35,7 @@ from runtime_choreographies import double_charge
 
 from accompanist_py.backoff import Backoff
 from accompanist_py.choreography import Registry, choreography
-from accompanist_py.errors import BusinessAbort
+from accompanist_py.errors import BusinessAbort, Overloaded
 from accompanist_py.message import Kind, Message
 from accompanist_py.node import Node, NodeConfig
 from accompanist_py.saga import Transaction
@@ -482,6 +482,22 @@ async def test_one_refused_message_does_not_hold_up_the_rest_of_its_batch(store_
         assert [index for index, _ in refused] == [1], refused
         assert "headers" in refused[0][1]
         assert {s for s, _ in rig.store.sessions} == {"first", "second"}
+
+
+async def test_a_full_store_queue_defers_every_peer_batch_storing_nothing(monkeypatch):
+    """Backpressure: over max_store_backlog even a running session's message is told to come
+    back later (the sender keeps it), and taken once the queue has drained."""
+    async with running("a", config=fast(max_store_backlog=10)) as rig:
+        await start_live(rig)
+        reply = [as_message(row(session="live", sender="c", receiver="a"))]
+        monkeypatch.setattr(rig.store, "backlog", lambda: 10)
+        with pytest.raises(Overloaded, match="store writes queued"):
+            await rig.node.deliver(reply)
+        assert inbox_rows(rig.store) == 0
+        assert rig.node.metrics.batches_deferred.value == 1
+        monkeypatch.setattr(rig.store, "backlog", lambda: 0)
+        assert await rig.node.deliver(reply) == []
+        assert rig.node.metrics.batches_deferred.value == 1
 
 
 async def test_a_seq_of_2_63_is_refused_and_the_store_keeps_writing(tmp_path, process_exits):

@@ -513,6 +513,24 @@ async def test_a_client_without_valid_credentials_gets_401_and_nothing_is_stored
             assert await cluster.status(operator, "a", sid) is None
 
 
+async def test_only_authenticated_callers_see_the_nodes_details(guarded):
+    """Anyone may ask whether a sidecar is alive; its roles, sessions, the ids of quarantined
+    sessions and its metrics are for authenticated clients and certified peers only."""
+    url = guarded.cluster.sidecar_url("a")
+    async with guarded.http("no-certificate") as anyone:
+        async with anyone.get(f"{url}/health") as resp:
+            assert resp.status == 200 and await resp.json() == {"status": "ok"}
+        async with anyone.get(f"{url}/metrics") as resp:
+            assert resp.status == 401, await resp.text()
+    async with guarded.operator() as operator, guarded.http("peer-c") as peer:
+        for caller in (operator, peer):
+            async with caller.get(f"{url}/health") as resp:
+                details = await resp.json()
+                assert resp.status == 200 and {"roles", "quarantined"} <= set(details), details
+            async with caller.get(f"{url}/metrics") as resp:
+                assert resp.status == 200 and "accompanist_" in await resp.text()
+
+
 # The owner travels with the session's messages (header "o"), so participants know it too.
 @pytest.mark.parametrize("role", ["a", "b", "c"])
 async def test_a_session_is_unknown_to_every_client_but_the_one_that_started_it(guarded, role):

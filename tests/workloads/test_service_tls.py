@@ -244,7 +244,8 @@ def test_a_half_guarded_workload_is_refused_before_anything_starts(tmp_path, pki
 
 def test_the_service_command_carries_the_guard(pki):
     tls = pki.tls("payment")
-    argv = service_command(WORKLOAD, "payment", 9, "p.db", 1, 10, 0.1, tls=tls, token="t")
+    token = Path("p.token")
+    argv = service_command(WORKLOAD, "payment", 9, "p.db", 1, 10, 0.1, tls=tls, token_file=token)
     tail = argv[argv.index("--tls-cert") :]
     assert tail == [
         "--tls-cert",
@@ -255,8 +256,8 @@ def test_the_service_command_carries_the_guard(pki):
         str(tls.ca),
         "--allow-uri",
         sidecar_uri("payment"),
-        "--token",
-        "t",
+        "--token-file",
+        "p.token",
     ]
     assert "--tls-cert" not in service_command(WORKLOAD, "payment", 9, "p.db", 1, 10, 0.1)
 
@@ -268,15 +269,19 @@ def test_the_service_command_carries_the_guard(pki):
         (["--allow-uri", "spiffe://accompanist/sidecar/x"], "--allow-uri needs"),
         (["--tls-cert", "no.pem", "--tls-key", "no.pem", "--tls-ca", "no.pem"], "no such file"),
         (["--tls-cert", BAD, "--tls-key", BAD, "--tls-ca", BAD], "not a usable"),
-        (["--token", ""], "at least 16 characters"),
-        (["--token", "fifteen-chars.."], "at least 16 characters"),
+        (["--token-file", "empty.token"], "at least 16 characters"),
+        (["--token-file", "short.token"], "at least 16 characters"),
+        (["--token-file", "no.token"], "--token-file"),
     ],
 )
 def test_the_service_refuses_an_incomplete_or_unusable_guard_at_startup(
     tmp_path, capsys, extra, message
 ):
     (tmp_path / "p.pem").write_text("not a certificate")
+    (tmp_path / "empty.token").write_text("\n")
+    (tmp_path / "short.token").write_text("fifteen-chars..\n")
     extra = [str(tmp_path / "p.pem") if a == BAD else a for a in extra]
+    extra = [str(tmp_path / a) if a.endswith(".token") else a for a in extra]
     argv = ["--service", "payment", "--port", "9", "--db", str(tmp_path / "p.db"), *extra]
     with pytest.raises(SystemExit) as exit_:
         service_main(SERVICES, argv)
