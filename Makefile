@@ -1,17 +1,18 @@
-# `make test` and `make bench` bootstrap .venv on first use: a fresh clone needs nothing else.
+# `make test` and `make bench` bootstrap .venv (and the Restate server, with npm) on first use:
+# a fresh clone needs nothing else than Python 3.11 and npm.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test bench bench-chain bench-quick lint microbench tune-temporal clean
+.PHONY: test bench bench-chain bench-quick lint microbench tune-temporal tune-restate tune-dbos clean
 
 $(STAMP): pyproject.toml baselines/restate/package.json
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[bench,dev]'
 	# The Restate server binary, pinned in package.json, into the project (never global).
-	SCARF_ANALYTICS=false npm install --prefix baselines/restate --no-audit --no-fund --loglevel=error
+	SCARF_ANALYTICS=false npm ci --prefix baselines/restate --no-audit --no-fund --loglevel=error
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -24,7 +25,7 @@ lint: $(STAMP)
 microbench: $(STAMP)
 	$(PY) -m bench.microbench
 
-# The reference run, under an hour on 2 cores: the headline (one saga at a time, three
+# The reference run, about 75 minutes on 2 cores with five systems (85 with the chain): the headline (one saga at a time, three
 # repetitions), three zones, the crash scenarios and the capacity sweep into one
 # results/<run-id>/ that becomes results/latest and the README's headline (each step prints its
 # estimate first; `python -m bench run $(BENCH_PLAN) --dry-run` lists the cells); then the paper's
@@ -45,5 +46,12 @@ bench-quick: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
 
+# What each baseline's settings buy (baselines/*/README.md quote these).
 tune-temporal: $(STAMP)
 	$(PY) -m baselines.temporal.tuning --sagas 300
+
+tune-restate: $(STAMP)
+	$(PY) -m baselines.restate.tuning --sagas 200
+
+tune-dbos: $(STAMP)
+	$(PY) -m baselines.dbos.tuning --sagas 200

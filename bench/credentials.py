@@ -40,8 +40,9 @@ HARNESS = "harness"
 LOADGEN_LINK = "plaintext: the harness's measuring boundary, the same for every system"
 RESTATE_HANDLER = "restate-handler"
 RESTATE_PLAINTEXT = (
-    "plaintext: restate-server serves its ingress and calls its deployments without TLS "
-    "settings of its own (evidence in baselines/restate/README.md); one zone, loopback"
+    "plaintext: restate-server has no TLS setting for its ingress or for its calls to a "
+    "deployment (evidence in baselines/restate/README.md); the shipped topologies put both ends "
+    "in the gateway's zone"
 )
 FRONTEND_PLAINTEXT = (
     "plaintext: the Temporal dev server cannot serve TLS (no TLS flag or config file; "

@@ -122,14 +122,17 @@ class Supervisor:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        # A second Ctrl-C or SIGTERM (make signals the whole group again) must not cut the
-        # teardown short and leave children running: they wait until everything is stopped.
+        # A Ctrl-C or SIGTERM during the teardown (make signals the whole group again) must not
+        # cut it short and leave children running: it is held until everything is stopped,
+        # then acted on, unless an exception is on its way out already.
+        held: list[int] = []
         shielded = threading.current_thread() is threading.main_thread()
         old = (
-            {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+            {sig: signal.signal(sig, lambda signum, _: held.append(signum))
+             for sig in (signal.SIGINT, signal.SIGTERM)}
             if shielded
             else {}
-        )
+        )  # fmt: skip
         try:
             self.stop_all()
             atexit.unregister(self.stop_all)  # kept registered if the teardown failed
@@ -141,6 +144,10 @@ class Supervisor:
                 self._sampler.join()
             if self._old_sigterm is not None:
                 signal.signal(signal.SIGTERM, self._old_sigterm)  # type: ignore[arg-type]
+        if held and exc[0] is None:
+            if held[0] == signal.SIGINT:
+                raise KeyboardInterrupt
+            raise SystemExit(128 + held[0])
 
     def names(self) -> list[str]:
         """Names of every process started so far (running or not)."""

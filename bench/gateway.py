@@ -19,19 +19,21 @@ Behind it sits one backend, for each of the deployments of `bench.matrix.SYSTEMS
   at `--dbos-db`; the workflow id is the saga id, and a restarted gateway resumes the workflows
   it left unfinished.
 
-Every backend retries through a restart of what they talk to (sidecar or Temporal server), up to
-`--deadline-s`, since the harness crashes those on purpose: one loop (`_retrying`) with the
-runtime's own backoff (`accompanist_py.backoff.Backoff`, 50 ms doubling to 1 s), so that neither
-system rides out a crash with a better policy than the other. The load generator posts a saga
-again the same way, with the same saga id, after a 503 or no answer (never after a 500), which
-is what lets it survive a crash of this process itself (temporal-tuned's worker lives here).
+Every backend retries through a restart of what it talks to (sidecar, Temporal or Restate
+server; DBOS's system database when it is busy), up to `--deadline-s`, since the harness
+crashes those on purpose: one loop (`_retrying`) with the runtime's own backoff
+(`accompanist_py.backoff.Backoff`, 50 ms doubling to 1 s), so that no system rides out a crash
+with a better policy than another. The load generator posts a saga again the same way, with the
+same saga id, after a 503 or no answer (never after a 500), which is what lets it survive a
+crash of this process itself (temporal-tuned's worker and DBOS live here).
 
 With `--tls-ca` (and `--tls-cert`/`--tls-key`, the gateway's client certificate) the gateway
 calls over HTTPS what it calls over HTTP: the initiator sidecar, or the services its
-temporal-tuned worker calls. `--token-file` sends the token in it as `Authorization: Bearer`
-to the sidecar instead of (or besides) a certificate. The Temporal frontend is reached in
-plaintext: the dev server cannot serve TLS (baselines/temporal/README.md). Locust reaches the
-gateway itself in plaintext, for every system alike.
+temporal-tuned worker or DBOS calls. `--token-file` sends the token in it as `Authorization:
+Bearer` to the sidecar instead of (or besides) a certificate. The Temporal frontend and the
+Restate ingress are reached in plaintext: neither server can serve TLS
+(baselines/temporal/README.md, baselines/restate/README.md). Locust reaches the gateway itself
+in plaintext, for every system alike.
 
     python -m bench.gateway --system accompanist --workload warehouse --port 8080 \
         --sidecar http://127.0.0.1:7001
@@ -338,7 +340,7 @@ class DbosBackend(Backend):
         missing = set(discover()[config.workload].services) - set(config.service_urls)
         if missing:
             raise SystemExit(f"--service-url missing for {sorted(missing)}")
-        self.workload = config.workload
+        self.workload, self.deadline_s = config.workload, config.deadline_s
         self.host = DbosHost(config.dbos_db, config.service_urls, tls=config.client_tls())
 
     async def start(self) -> None:
@@ -348,10 +350,23 @@ class DbosBackend(Backend):
         await self.host.stop()
 
     async def run(self, saga_id: str, request: dict[str, Any]) -> dict[str, Any]:
+        from sqlalchemy.exc import DBAPIError
+
+        async def attempt() -> dict[str, Any]:
+            try:
+                return await self.host.run(self.workload, saga_id, request)
+            except DBAPIError as error:  # the system database, busy: worth asking again
+                raise _NotYet(f"dbos system database: {error}") from error
+            except Exception as error:  # the workflow failed: DBOS records it, and so do we
+                raise BackendError(f"workflow {saga_id} failed: {error!r}") from error
+
+        # The same bound as the other backends': past it the saga runs on, and the client
+        # hears 503 (post it again) rather than waiting on the step retries inside.
         try:
-            return await self.host.run(self.workload, saga_id, request)
-        except Exception as error:  # a failed workflow: DBOS records it, and so do we
-            raise BackendError(f"workflow {saga_id} failed: {error!r}") from error
+            async with asyncio.timeout(self.deadline_s):
+                return await _retrying(attempt, self.deadline_s)
+        except TimeoutError as error:
+            raise BackendUnavailable(f"workflow {saga_id} still running") from error
 
 
 BACKENDS: dict[str, Callable[[GatewayConfig], Backend]] = {

@@ -168,7 +168,7 @@ def _error(status: int, message: str, **headers: str) -> web.Response:
 
 def _busy(exc: Overloaded) -> web.Response:
     return _error(
-        503, f"not taking new sessions now: {exc}", **{"Retry-After": str(exc.retry_after_s)}
+        503, f"busy, retry later: {exc}", **{"Retry-After": str(exc.retry_after_s)}
     )
 
 

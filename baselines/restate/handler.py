@@ -43,6 +43,7 @@ from workloads import Workload, discover
 from workloads.saga import CompensationRefused, Refused, run_saga
 
 HANDLER = "run"
+H2_MAX_STREAMS = 1000  # the server's own concurrent-invocations-limit
 _BACKOFF = CALL_POLICY.backoff
 # A step's retries: the sidecars' backoff, for as long as their service deadline.
 STEP_RETRY: RunOptions[dict] = RunOptions(
@@ -115,6 +116,10 @@ async def serve_handlers(port: int, host: str = "127.0.0.1") -> None:
     config.accesslog = None
     config.errorlog = "-"
     config.keep_alive_timeout = 600  # the server keeps its connections to a deployment open
+    # The server runs every invocation as one HTTP/2 stream and opens another connection past
+    # 128 of them (its http2-streams-per-connection-limit); hypercorn's default of 100
+    # concurrent streams would queue invocations below that, here and nowhere else.
+    config.h2_max_concurrent_streams = H2_MAX_STREAMS
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -35,8 +36,14 @@ _BACKOFF = CALL_POLICY.backoff
 
 
 def restate_binary() -> Path:
-    """The server binary inside the project's node_modules; FileNotFoundError if absent."""
-    binary = NODE_MODULES / "@restatedev" / "restate-server-linux-x64" / "bin" / "restate-server"
+    """The server binary inside the project's node_modules (the package for this machine's
+    OS and CPU, which npm picked); FileNotFoundError if absent."""
+    system = {"Linux": "linux", "Darwin": "darwin"}.get(platform.system(), platform.system())
+    cpu = {"x86_64": "x64", "AMD64": "x64", "aarch64": "arm64"}.get(
+        platform.machine(), platform.machine()
+    )
+    binary = NODE_MODULES / "@restatedev" / f"restate-server-{system}-{cpu}" / "bin"
+    binary = binary / "restate-server"
     if not binary.exists():
         raise FileNotFoundError(
             f"{binary} is missing: `make .venv/.installed` installs {PACKAGE}@{VERSION} there"
@@ -84,8 +91,10 @@ class RestateServer(ServerProcess):
         admin_port: int | None = None,
         log_file: str | os.PathLike[str] | None = None,
         ready_timeout_s: float = 60.0,
+        settings: dict[str, Any] | None = None,
     ) -> None:
         self.base_dir = Path(base_dir)
+        self.settings = SETTINGS if settings is None else settings  # tuning.py varies them
         self.host = host
         # Ports are chosen once, so that a restart comes back where clients expect it.
         self.ingress_port = ingress_port or free_port(host)
@@ -111,7 +120,7 @@ class RestateServer(ServerProcess):
     def prepare(self) -> None:
         self.base_dir.mkdir(parents=True, exist_ok=True)
         config = {
-            **SETTINGS,
+            **self.settings,
             "node-name": "bench",
             "listen-mode": "tcp",
             "bind-address": f"{self.host}:{self.fabric_port}",

@@ -107,6 +107,25 @@ def test_teardown_also_runs_when_the_harness_fails(tmp_path: Path) -> None:
     assert _survivors(family) == []
 
 
+def test_a_ctrl_c_during_the_teardown_waits_for_it_and_then_stops_the_harness(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = _family_spec(tmp_path)
+    family: list[psutil.Process] = []
+    supervisor = Supervisor(tmp_path / "run")
+    stop_all = supervisor.stop_all
+
+    def interrupted() -> list[int]:
+        os.kill(os.getpid(), signal.SIGINT)  # as a second Ctrl-C would, mid-teardown
+        return stop_all()
+
+    monkeypatch.setattr(supervisor, "stop_all", interrupted)
+    with pytest.raises(KeyboardInterrupt), supervisor:
+        supervisor.start(spec)
+        family = _wait_for_family(supervisor.pid("family") or 0, 3)
+    assert _survivors(family) == []
+
+
 def test_sigterm_to_the_harness_tears_everything_down(tmp_path: Path) -> None:
     spec = _family_spec(tmp_path)
     harness = tmp_path / "harness.py"

@@ -98,6 +98,29 @@ def test_orchestrator_floor_is_a_round_trip_per_remote_step() -> None:
     assert network_floor("orchestrator-local", WAREHOUSE, topo) == pytest.approx(4 * 10.0)
 
 
+def test_restate_and_dbos_pay_a_round_trip_per_remote_step_and_nothing_for_their_journal() -> None:
+    topo = load_topology("three-zones")
+    # Server and handler sit with the gateway: each step's journal round trip crosses no link.
+    assert topo.place(list(WAREHOUSE.services))["restate-handler"] == "a"
+    assert network_floor("restate", WAREHOUSE, topo) == pytest.approx(4 * 10.0)
+    path = critical_path("journal", WAREHOUSE)
+    assert path.count(("restate-handler", "restate-server")) == len(WAREHOUSE.steps) + 1
+    # DBOS runs in the gateway: its service calls are the whole path.
+    assert network_floor("dbos", WAREHOUSE, topo) == pytest.approx(4 * 10.0)
+    assert ("gateway", "service:payment") in critical_path("embedded", WAREHOUSE)
+
+
+def test_a_restate_handler_can_be_placed_apart_from_its_server(tmp_path: Path) -> None:
+    text = load_topology("three-zones").path.read_text()
+    moved = tmp_path / "apart.toml"
+    moved.write_text(text + '\n[placement.process]\n"restate-handler" = "b"\n')
+    topo = load_topology(moved)
+    # From zone b: the service round trips cost 20 (warehouse) + 0 + 20 (loyalty) + 20
+    # (warehouse); every one of the 4 steps' journal entries crosses b->a and back (80); the
+    # invocation and its result cross once each (20).
+    assert network_floor("restate", WAREHOUSE, topo) == pytest.approx(60 + 80 + 20)
+
+
 def test_hops_are_derived_from_the_steps_when_a_workload_declares_none() -> None:
     @dataclass
     class Step:

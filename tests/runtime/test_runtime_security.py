@@ -710,6 +710,43 @@ async def test_slow_connections_are_closed_by_the_server_while_requests_go_throu
             writer.close()
 
 
+async def test_a_peer_holds_at_most_its_connections_and_idle_ones_are_closed(tmp_path):
+    """max_connections_per_peer: a certified identity's next connection is closed at once while
+    others still get in; idle_s: a keep-alive connection that asks nothing more is closed."""
+    cluster = Cluster(
+        tmp_path / "limits",
+        tls=True,
+        timeouts={"header_s": 120.0, "idle_s": 1.0},
+        limits={"max_connections_per_peer": 3},
+    )
+    with deployed(cluster) as deployment:
+        port = cluster.sidecar_ports["a"]
+        # The test client's identity, which no sidecar holds connections with; another
+        # certificate of the same CA stands for everyone else.
+        mine, other = deployment.contexts["client"], deployment.contexts["another-trust-domain"]
+        held = [await asyncio.open_connection("127.0.0.1", port, ssl=mine()) for _ in range(3)]
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=mine())
+            # Long before the 120 s header deadline: the fourth is refused, not timed out.
+            assert await asyncio.wait_for(reader.read(), 60) == b""
+            writer.close()
+            async with (
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=other())) as http,
+                http.get(f"{cluster.sidecar_url('a')}/health") as resp,
+            ):
+                assert resp.status == 200
+        finally:
+            for _, held_writer in held:
+                held_writer.close()
+
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=other())
+        writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        # The answer, then nothing more asked: read() ends only when the server closes.
+        answered = await asyncio.wait_for(reader.read(), 60)
+        assert answered.startswith(b"HTTP/1.1 200"), answered[:200]
+        writer.close()
+
+
 # -- 8. admission -------------------------------------------------------------------------------
 
 
