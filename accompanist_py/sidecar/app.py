@@ -167,9 +167,7 @@ def _error(status: int, message: str, **headers: str) -> web.Response:
 
 
 def _busy(exc: Overloaded) -> web.Response:
-    return _error(
-        503, f"busy, retry later: {exc}", **{"Retry-After": str(exc.retry_after_s)}
-    )
+    return _error(503, f"busy, retry later: {exc}", **{"Retry-After": str(exc.retry_after_s)})
 
 
 async def start_session(request: web.Request) -> web.Response:
