@@ -244,8 +244,10 @@ def test_a_step_that_fails_to_deploy_is_where_the_system_stopped(tmp_path: Path)
     assert summary.loc[("accompanist-default", 80.0), "status"] == "failed"
     assert not summary.loc[("accompanist-default", 40.0), "sustainable_is_lower_bound"]
     headline = headline_markdown(run_dir)
-    assert "| warehouse | accompanist-default | 40 sagas/s |" in headline
-    assert f"| 80 sagas/s | {reason} | 1.00x |" in headline and "(top rate)" not in headline
+    (row_line,) = [line for line in headline.splitlines()
+                   if line.startswith("| warehouse | accompanist-default |")]  # fmt: skip
+    assert "| 40 sagas/s |" in row_line and "(top rate)" not in row_line
+    assert row_line.endswith(f"| 80 sagas/s | {reason} | 1.00x |")
 
 
 def test_a_failed_lowest_step_leaves_no_sustainable_throughput(tmp_path: Path) -> None:
