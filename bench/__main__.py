@@ -27,6 +27,7 @@ from bench import analysis, plots, report, scaffold
 from bench.matrix import MATRICES, SCENARIOS, SWEEPS, SYSTEMS, Plan, Sweep
 from bench.results import RESULTS_DIR, cell_dirs, publish_run, resolve_run
 from bench.topology import TopologyError, available_topologies, load_topology
+from launch import BACKENDS
 
 README = RESULTS_DIR.parent / "README.md"
 T = TypeVar("T")
@@ -144,6 +145,13 @@ class FlagError(Exception):
 _CELL_FLAGS = ("scenario", "rate", "duration", "abort_rate", "repetitions")
 
 
+def _where(args: argparse.Namespace) -> tuple[str, float | None]:
+    """The backend and CPU limit the flags name (a limit needs containers)."""
+    if args.cpus is not None and args.backend != "docker":
+        raise FlagError("--cpus limits containers: give --backend docker too")
+    return args.backend, args.cpus
+
+
 def plan_of_run(args: argparse.Namespace) -> Plan:
     """The cells (and sweeps) that ``bench run``'s flags name.
 
@@ -179,14 +187,14 @@ def plan_of_run(args: argparse.Namespace) -> Plan:
     label = "+".join([*names, *args.sweep])
     if not args.matrix and not args.sweep and any(getattr(args, f) for f in _CELL_FLAGS):
         label = "custom"
-    return Plan(args.name or label, matrices, sweeps)
+    return Plan(args.name or label, matrices, sweeps, *_where(args))
 
 
 def plan_of_sweep(args: argparse.Namespace) -> Plan:
     """The one sweep that ``bench sweep``'s flags name."""
     durations = [args.duration] if args.duration else []
     sweep = _varied_sweep(SWEEPS[args.sweep_name], args, args.rates, durations, [])
-    return Plan(args.name or f"sweep-{sweep.name}", (), (sweep,))
+    return Plan(args.name or f"sweep-{sweep.name}", (), (sweep,), *_where(args))
 
 
 def _varied_sweep(
@@ -214,6 +222,8 @@ def _varied_sweep(
 def _print_plan(plan: Plan) -> None:
     cells = plan.cells()
     print(f"plan {plan.name}: {len(cells)} cells, about {plan.estimated_s() / 60:.1f} min at most")
+    limit = f", at most {plan.cpus:g} cores each" if plan.cpus else ""
+    print(f"  backend: {plan.backend}{limit}")
     for cell in cells:
         print(f"  {cell.label}")
     for system, scenario in plan.skipped():
@@ -294,6 +304,19 @@ def _add_selection(parser: argparse.ArgumentParser) -> None:
     )
     _add_publish_anyway(parser)
     parser.add_argument("--dry-run", action="store_true", help="print the cells; run nothing")
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="process",
+        help="where a cell's processes run: host processes, or a container each on the host "
+        "network (needs a Docker daemon and the image of `make image`; Locust stays on the host)",
+    )
+    parser.add_argument(
+        "--cpus",
+        type=_positive(float),
+        metavar="N",
+        help="with --backend docker: at most N cores per container, to model separate machines",
+    )
 
 
 def _add_publish_anyway(parser: argparse.ArgumentParser) -> None:

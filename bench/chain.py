@@ -45,7 +45,6 @@ import numpy as np
 import pandas as pd
 
 from bench.analysis import percentile_ms
-from bench.deploy import ProcessSpec, Supervisor
 from bench.matrix import BASELINE_SYSTEM, SYSTEMS
 from bench.proxy import set_delays
 from bench.report import collect_environment, markdown_table
@@ -59,8 +58,9 @@ from bench.topology import (
     plan_links,
     write_links_file,
 )
+from launch import ProcessSpec, Supervisor, free_port, free_ports
 from workloads import Workload, discover
-from workloads.launch import free_port, free_ports, service_command
+from workloads.launch import service_command
 
 PY = sys.executable
 SEED = 1

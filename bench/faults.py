@@ -1,7 +1,9 @@
-"""Crash injection: a seeded schedule of kill -9s and restarts, the same for every system.
+"""Fault injection: a seeded schedule of kill -9s and pauses, the same for every system.
 
-A :class:`CrashPlan` says how often to crash (every N seconds), for how long the victim stays
-down, and which kinds of process may be hit (``runtime`` = a service's sidecar or Temporal
+A :class:`CrashPlan` says how often to strike (every N seconds), for how long the victim stays
+down, what a strike is (``kill``: SIGKILL, then a restart on the same data; ``pause``: the
+victim frozen and then resumed, a gray failure: alive, its connections open, silent), and
+which kinds of process may be hit (``runtime`` = a service's sidecar or Temporal
 worker, ``service``, ``server`` = the orchestrator's server, Temporal's or Restate's); the
 benchmark crashes each kind in a scenario of its own, so that every state holder is crashed and
 each cost is seen apart. :func:`crash_schedule` turns a plan into concrete faults for a
@@ -15,7 +17,10 @@ which some do not apply did not suffer the crash schedule, and is not compared w
 did.
 
 :class:`FaultInjector` plays a schedule against a running deployment in a background thread and
-records every fault window to ``faults.csv`` (slot, process, kill and restart times).
+records every fault window to ``faults.csv`` (slot, action, process, the times it was struck,
+restarted or resumed, and healthy again). Both actions go through the supervisor, so that on the
+docker backend a crash is a SIGKILL of the container and a pause is the container runtime's
+freezer.
 """
 
 from __future__ import annotations
@@ -30,8 +35,10 @@ from pathlib import Path
 from typing import Protocol
 
 TARGET_KINDS = ("runtime", "service", "server")
+ACTIONS = ("kill", "pause")
 FAULT_COLUMNS = (
     "slot",
+    "action",
     "process",
     "planned_kill_s",
     "kill_time",
@@ -43,10 +50,11 @@ FAULT_COLUMNS = (
 
 @dataclass(frozen=True)
 class CrashPlan:
-    """Crash one process every ``every_s`` seconds, restart it after ``downtime_s`` seconds.
+    """Strike one process every ``every_s`` seconds, for ``downtime_s`` seconds.
 
-    The first crash happens ``first_s`` seconds after load starts (default: ``every_s``); no
-    crash is scheduled whose restart would fall after the end of the load.
+    ``actions`` are taken in turn (``("kill", "pause")``: a crash, then a pause, then a crash,
+    ...). The first strike happens ``first_s`` seconds after load starts (default: ``every_s``);
+    none is scheduled whose end would fall after the end of the load.
     """
 
     every_s: float
@@ -54,6 +62,12 @@ class CrashPlan:
     targets: tuple[str, ...] = ("runtime", "service")
     seed: int = 1
     first_s: float | None = None
+    actions: tuple[str, ...] = ("kill",)
+
+    @property
+    def kills(self) -> bool:
+        """Whether some strike is a crash (a pause loses no state: every system survives it)."""
+        return "kill" in self.actions
 
     def __post_init__(self) -> None:
         unknown = set(self.targets) - set(TARGET_KINDS)
@@ -64,11 +78,14 @@ class CrashPlan:
         if self.downtime_s >= self.every_s:
             # Otherwise a victim could be chosen again while still down.
             raise ValueError(f"downtime_s ({self.downtime_s}) must be < every_s ({self.every_s})")
+        if not self.actions or set(self.actions) - set(ACTIONS):
+            raise ValueError(f"actions must be among {ACTIONS}, got {self.actions}")
 
 
 @dataclass(frozen=True)
 class Fault:
-    """One planned crash: kill ``slot`` at ``kill_at_s``, restart it at ``restart_at_s``.
+    """One planned strike: kill (or pause) ``slot`` at ``kill_at_s``, restart (or resume) it at
+    ``restart_at_s``.
 
     Times are seconds after the start of the load.
     """
@@ -76,6 +93,7 @@ class Fault:
     slot: str
     kill_at_s: float
     restart_at_s: float
+    action: str = "kill"
 
 
 def crash_slots(plan: CrashPlan, services: Sequence[str]) -> list[str]:
@@ -96,7 +114,8 @@ def crash_schedule(plan: CrashPlan, services: Sequence[str], duration_s: float) 
     faults = []
     t = plan.every_s if plan.first_s is None else plan.first_s
     while t + plan.downtime_s < duration_s:
-        faults.append(Fault(rng.choice(slots), t, t + plan.downtime_s))
+        action = plan.actions[len(faults) % len(plan.actions)]
+        faults.append(Fault(rng.choice(slots), t, t + plan.downtime_s, action))
         t += plan.every_s
     return faults
 
@@ -133,13 +152,17 @@ def applicability(faults: Sequence[Fault], resolve: Callable[[str], str | None])
 
 
 class Crashable(Protocol):
-    """What the injector needs from a supervisor (see :class:`bench.deploy.Supervisor`)."""
+    """What the injector needs from a supervisor (see :class:`launch.Supervisor`)."""
 
     def names(self) -> list[str]: ...
 
     def kill(self, name: str) -> None: ...
 
     def restart(self, name: str, wait: bool = True) -> None: ...
+
+    def pause(self, name: str) -> None: ...
+
+    def resume(self, name: str) -> None: ...
 
 
 class FaultInjector:
@@ -201,17 +224,26 @@ class FaultInjector:
 
     def _play(self, t0: float, fault: Fault) -> None:
         process = self._resolve(fault.slot)
-        row = {"slot": fault.slot, "process": process or "", "planned_kill_s": fault.kill_at_s}
+        row = {
+            "slot": fault.slot,
+            "action": fault.action,
+            "process": process or "",
+            "planned_kill_s": fault.kill_at_s,
+        }
         if process is None:
             self._record({**row, "note": "not applicable to this system"})
             return
+        pause = fault.action == "pause"
         try:
-            self._supervisor.kill(process)
+            (self._supervisor.pause if pause else self._supervisor.kill)(process)
             row["kill_time"] = time.time()
-            # Restart even when asked to stop, so that teardown finds the system whole.
+            # Restart (resume) even when asked to stop, so that teardown finds the system whole.
             self._stop.wait(max(0.0, t0 + fault.restart_at_s - time.time()))
             row["restart_time"] = time.time()
-            self._supervisor.restart(process, wait=True)
+            if pause:
+                self._supervisor.resume(process)  # healthy as soon as it runs again
+            else:
+                self._supervisor.restart(process, wait=True)
             row["healthy_time"] = time.time()
         except Exception as exc:  # recorded in faults.csv, reported by the harness
             self.errors.append(f"{fault.slot} ({process}): {exc}")

@@ -158,12 +158,18 @@ class Scenario:
 
 @dataclass(frozen=True)
 class Cell:
-    """One run of one workload on one system in one scenario."""
+    """One run of one workload on one system in one scenario.
+
+    ``backend`` says where its processes run (``process``: on the host; ``docker``: a container
+    each, capped at ``cpus`` cores if given); a plan sets it for all of its cells.
+    """
 
     workload: str
     system: str
     scenario: Scenario
     rep: int
+    backend: str = "process"
+    cpus: float | None = None
 
     @property
     def label(self) -> str:
@@ -244,8 +250,9 @@ def _check_systems(systems: Sequence[str]) -> None:
 
 
 def runs(system: str, scenario: Scenario) -> bool:
-    """Whether a cell of `system` in `scenario` is run: crashes only where they are tolerated."""
-    return scenario.crashes is None or SYSTEMS[system].crash_tolerant
+    """Whether a cell of `system` in `scenario` is run: crashes only where they are tolerated
+    (a pause loses no state, so every system runs a scenario of pauses alone)."""
+    return scenario.crashes is None or not scenario.crashes.kills or SYSTEMS[system].crash_tolerant
 
 
 @dataclass(frozen=True)
@@ -315,11 +322,14 @@ class Sweep:
 
 @dataclass(frozen=True)
 class Plan:
-    """What one ``bench run`` puts into one run folder: the cells of its matrices, then sweeps."""
+    """What one ``bench run`` puts into one run folder: the cells of its matrices, then sweeps,
+    every one on ``backend`` (with ``cpus`` per container on the docker backend)."""
 
     name: str
     matrices: tuple[Matrix, ...] = ()
     sweeps: tuple[Sweep, ...] = ()
+    backend: str = "process"
+    cpus: float | None = None
 
     def cells(self) -> list[Cell]:
         """Every matrix's cells in order; a cell that two matrices share runs once."""
@@ -356,6 +366,9 @@ _QUICK_CRASHES = CrashPlan(
 # crashes in 45 s, the first after warm-up. A kind a system does not have (accompanist_py has no
 # server) is reported as not applicable, and that cell gets no ratio.
 _CRASH_EVERY = CrashPlan(every_s=8.0, downtime_s=2.0, seed=7, first_s=10.0)
+# A gray failure, every state holder a candidate: frozen for 2 s every 8 s, five in 45 s.
+_PAUSES = CrashPlan(every_s=8.0, downtime_s=2.0, targets=("runtime", "service", "server"),
+                    seed=7, first_s=10.0, actions=("pause",))  # fmt: skip
 _CRASH_KINDS = {"runtime": ("runtime",), "server": ("server",), "service": ("service",)}
 _CRASH_WHAT = {
     "runtime": "a runtime (a sidecar; a Temporal worker; the Restate handler process; the "
@@ -392,6 +405,12 @@ SCENARIOS: dict[str, Scenario] = {
                    dataclasses.replace(_QUICK_CRASHES, targets=targets),
                    description=f"smoke: three zones, kill -9 {_CRASH_WHAT[kind]} every 8 s")
           for kind, targets in _CRASH_KINDS.items()),
+        Scenario("three-zones-pauses", "three-zones", _LATENCY_LOAD, 45, 5.0, _PAUSES,
+                 description="three zones; pause (freeze, then resume) a runtime, service or "
+                 "server every 8 s for 2 s: a peer alive but silent"),
+        Scenario("three-zones-pauses-quick", "three-zones", _QUICK_LOAD, 20, 5.0,
+                 dataclasses.replace(_PAUSES, every_s=6.0, first_s=6.0),
+                 description="smoke: three zones, a pause every 6 s"),
         Scenario("three-zones-tls", "three-zones", _LATENCY_LOAD, 60, 10.0, tls=True,
                  description="three zones, no crashes, mutual TLS on every link a system "
                  "can encrypt (Temporal's dev-server frontend cannot: it stays plaintext)"),
@@ -444,6 +463,14 @@ MATRICES: dict[str, Matrix] = {
             ("warehouse",),
             _ALL_SYSTEMS,
             (SCENARIOS["three-zones-server-crashes"],),
+        ),
+        Matrix(
+            "pauses",
+            "three zones, a runtime, service or server paused for 2 s every 8 s (a gray "
+            "failure): {warehouse, hotel} x every system",
+            _BOTH,
+            _ALL_SYSTEMS,
+            (SCENARIOS["three-zones-pauses"],),
         ),
         Matrix(
             "default",

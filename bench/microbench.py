@@ -29,8 +29,8 @@ import aiohttp
 
 from accompanist_py.choreography import choreography
 from bench.credentials import CellCredentials
-from bench.deploy import Supervisor
 from bench.systems.accompanist import Sidecars
+from launch import Supervisor
 
 CHAIN = [f"r{i}" for i in range(5)]
 

@@ -26,7 +26,7 @@ import ssl
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,13 +51,6 @@ from bench.credentials import (
     service_callers,
     temporal_worker,
 )
-from bench.deploy import (
-    DeployError,
-    ProcessSpec,
-    Supervisor,
-    harness_cpu_s,
-    machine_busy_s,
-)
 from bench.fairness import announced_loop, write_failure_detection
 from bench.faults import FaultInjector, applicability, crash_schedule
 from bench.load import LoadError, read_load_cpu, read_outcomes, run_locust, write_requests
@@ -68,9 +61,18 @@ from bench.report import collect_environment, write_report
 from bench.results import RESULTS_DIR, CellDir, cell_dir, new_run_dir, write_json
 from bench.systems.accompanist import Sidecars
 from bench.topology import load_topology, network_floor, plan_links, write_links_file
+from launch import (
+    DeployError,
+    ProcessSpec,
+    Supervisor,
+    free_port,
+    free_ports,
+    harness_cpu_s,
+    machine_busy_s,
+)
 from workloads import Workload, discover
 from workloads.consistency import fetch_states
-from workloads.launch import free_port, free_ports, service_command
+from workloads.launch import service_command
 
 PY = sys.executable
 # The processes a kind deploys besides services, runtimes and gateway; a ``server`` crash slot
@@ -298,7 +300,7 @@ def run_cell(run_dir: Path, cell: Cell, progress: Callable[[str], None] = print)
 
     # The proxy's control port: the probe asks it how late it released the cell's traffic.
     proxy_control = ("127.0.0.1", next(free)) if links else None
-    with Supervisor(cd.path) as sup:
+    with Supervisor(cd.path, backend=cell.backend, cpus=cell.cpus) as sup:
         if links and proxy_control is not None:
             proxied = [*links.values(), *probe.twins]
             links_file = write_links_file(proxied, cd.path / "links.toml")
@@ -425,6 +427,8 @@ def run_cell(run_dir: Path, cell: Cell, progress: Callable[[str], None] = print)
                 "scenario": scenario.name,
                 "rep": cell.rep,
                 "topology": topo.name,
+                "backend": cell.backend,
+                "cpus_per_process": cell.cpus,
                 "floor_ms": network_floor(cell.system, wl, topo),
                 "placement": placement,
                 "load": scenario.load.__dict__,
@@ -609,6 +613,10 @@ def run_plan(
             for s in plan.sweeps
         },
         "cells": len(cells),
+        # Where the processes ran: host processes, or a container each (the load generator
+        # stays on the host either way).
+        "backend": plan.backend,
+        "cpus_per_process": plan.cpus,
         "seed": SEED,
         "size": SIZE,
         "abort_rate": "per scenario, in each cell.json",
@@ -630,6 +638,7 @@ def run_plan(
 
     def run_one(run_dir: Path, cell: Cell, progress: Callable[[str], None]) -> CellDir:
         print(f"[{cell.label}] (elapsed {time.monotonic() - started:.0f} s)", flush=True)
+        cell = replace(cell, backend=plan.backend, cpus=plan.cpus)
         try:
             return run(run_dir, cell, progress)
         except CELL_FAILURES as exc:

@@ -246,7 +246,7 @@ def plan_links(
     """One latency link per (caller zone, listening process in another zone).
 
     ``ports`` maps each listening process to its real port; ``listen_ports`` supplies free ports
-    for the links (e.g. from :func:`bench.deploy.free_ports`). A caller in zone Z reaches process
+    for the links (e.g. from :func:`launch.free_ports`). A caller in zone Z reaches process
     P directly if P is in Z, else through ``links[(Z, P)]``. Latency-free pairs get no link.
     """
     links: dict[tuple[str, str], LinkSpec] = {}

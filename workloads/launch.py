@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
-import socket
 import subprocess
 import sys
 import time
@@ -25,51 +23,9 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 
 from accompanist_py.tls import client_context
+from launch import free_port
 from workloads import Workload, discover
 from workloads.service_kit import ServiceTLS
-
-
-def _listen_range() -> tuple[int, int]:
-    """Ports for listeners: outside the range the kernel hands out to outgoing connections.
-
-    A port the kernel picks for `bind(("", 0))` comes from that ephemeral range, and so does the
-    local port of every `connect()`: a port chosen free a moment ago can be taken by a client's
-    connection before its server binds it (a benchmark cell's gateway once failed to start that
-    way, while the Temporal server and its workers opened connections). Below the range (above
-    it if it starts low) no connection ever takes it.
-    """
-    try:
-        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-    except (OSError, ValueError):
-        low, high = 32768, 60999  # Linux's default
-    return (10000, low - 1) if low > 12000 else (high + 1, 65535)
-
-
-def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
-    """`n` distinct ports that no listener held a moment ago, drawn at random outside the
-    ephemeral range (`_listen_range`), so that concurrent tests rarely draw the same one and no
-    outgoing connection takes one; all are held until all are chosen."""
-    low, high = _listen_range()
-    draw = random.SystemRandom()
-    held: list[socket.socket] = []
-    try:
-        while len(held) < n:
-            probe = socket.socket()
-            try:
-                probe.bind((host, draw.randint(low, high)))
-            except OSError:  # taken: draw again
-                probe.close()
-                continue
-            held.append(probe)
-        return [probe.getsockname()[1] for probe in held]
-    finally:
-        for probe in held:
-            probe.close()
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that no listener held a moment ago (:func:`free_ports`)."""
-    return free_ports(1, host)[0]
 
 
 def write_token(path: Path, token: str) -> Path:

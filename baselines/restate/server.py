@@ -27,7 +27,7 @@ import aiohttp
 
 from baselines.contract import CALL_POLICY
 from baselines.server_process import ServerProcess
-from workloads.launch import free_port
+from launch import free_port
 
 PACKAGE = "@restatedev/restate-server"
 VERSION = "1.7.12"

@@ -23,7 +23,7 @@ import aiohttp
 
 from baselines.restate.handler import HANDLER
 from baselines.restate.server import RestateServer
-from workloads.launch import free_port
+from launch import free_port
 
 
 class Handlers:

@@ -30,7 +30,7 @@ from temporalio.client import Client
 
 from accompanist_py import eventloop
 from baselines.server_process import ServerProcess
-from workloads.launch import free_port
+from launch import free_port
 
 # Values that lower latency without weakening durability or changing semantics.
 LATENCY_DYNAMIC_CONFIG: dict[str, object] = {

@@ -15,7 +15,8 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from baselines.temporal.devserver import DevServer, free_port
+from baselines.temporal.devserver import DevServer
+from launch import free_port
 
 
 @contextlib.contextmanager

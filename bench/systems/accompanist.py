@@ -1,4 +1,4 @@
-"""Deploying sidecars: one per role, wired peer to peer, under a `bench.deploy.Supervisor`.
+"""Deploying sidecars: one per role, wired peer to peer, under a `launch.Supervisor`.
 
 `sidecar_config` writes the TOML of one sidecar (docs/contracts.md). `Sidecars` starts, kills
 (-9) and restarts sidecar processes by role; `running_sidecars` deploys one per service of a
@@ -23,9 +23,8 @@ from accompanist_py.backoff import Backoff
 from accompanist_py.sidecar.config import SidecarConfig
 from accompanist_py.tls import TLSFiles
 from bench.credentials import CellCredentials
-from bench.deploy import ProcessSpec, Supervisor
+from launch import ProcessSpec, Supervisor, free_port
 from workloads import Workload, discover
-from workloads.launch import free_port
 
 SIDECAR = [sys.executable, "-m", "accompanist_py.sidecar"]
 

@@ -19,12 +19,12 @@ from bench.capacity import (
     stop_reasons,
     sustainable_rps,
 )
-from bench.deploy import DeployError
 from bench.load import LoadProfile
 from bench.matrix import Cell, Plan, Scenario, Sweep
 from bench.report import headline_markdown, write_report
 from bench.results import CellDir, read_json, write_json
 from bench.run import run_plan, run_sweep
+from launch import DeployError
 
 
 def step(**changes: float) -> Step:

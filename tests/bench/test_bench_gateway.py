@@ -19,7 +19,7 @@ from bench.gateway import (
     TemporalBackend,
     make_app,
 )
-from workloads.launch import free_port
+from launch import free_port
 
 SAGA = {"saga_id": "g-1", "request": {"n": 1}}
 DEADLINE_S = 0.3  # the gateway's own retrying, kept short: these backends never come back

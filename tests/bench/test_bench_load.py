@@ -143,7 +143,7 @@ def test_requests_keep_their_own_saga_ids(tmp_path: Path) -> None:
 
 
 def test_an_unreachable_gateway_is_recorded_as_errors(tmp_path: Path) -> None:
-    from workloads.launch import free_port
+    from launch import free_port
 
     requests = write_requests(tmp_path / "req.jsonl", [{"n": i} for i in range(50)], "x")
     profile = LoadProfile("open", rate_rps=10, request_timeout_s=2)

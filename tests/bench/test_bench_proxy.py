@@ -33,7 +33,7 @@ from bench.proxy import (
     set_delays,
 )
 from bench.topology import write_links_file
-from workloads.launch import free_ports
+from launch import free_ports
 
 DELAY_MS = 40.0
 SLACK_MS = 200.0  # generous: this box has two busy cores

@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 
 from baselines.dbos.saga import DbosHost
+from launch import free_port
 from workloads import discover
 from workloads.consistency import fetch_states
-from workloads.launch import free_port, running_services
+from workloads.launch import running_services
 from workloads.testing import BATCH_ABORT_RATE, assert_batch_as_specified, batch_requests
 
 

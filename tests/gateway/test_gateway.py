@@ -19,9 +19,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from baselines.temporal.devserver import DevServer, free_port
+from baselines.temporal.devserver import DevServer
 from baselines.temporal.testing import running_gateway, running_processes
 from baselines.temporal.worker import deployment
+from launch import free_port
 from workloads import discover
 from workloads.launch import running_services_sync
 

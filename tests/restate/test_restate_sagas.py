@@ -16,9 +16,10 @@ import aiohttp
 import pytest
 
 from baselines.restate.testing import post_saga, running_restate
+from launch import free_port
 from workloads import discover
 from workloads.consistency import fetch_states
-from workloads.launch import free_port, running_services
+from workloads.launch import running_services
 from workloads.testing import BATCH_ABORT_RATE, assert_batch_as_specified, batch_requests
 
 

@@ -26,7 +26,7 @@ import aiohttp
 
 from accompanist_py import certs
 from accompanist_py.tls import TLSFiles
-from workloads.launch import free_port
+from launch import free_port
 
 RUNTIME_TESTS = Path(__file__).resolve().parent
 REPO = RUNTIME_TESTS.parents[1]

@@ -8,8 +8,9 @@ import subprocess
 import time
 import urllib.request
 
+from launch import free_port
 from workloads.consistency import fetch_states
-from workloads.launch import free_port, running_services_sync, service_command
+from workloads.launch import running_services_sync, service_command
 from workloads.warehouse.data import ITEMS, SOLD_OUT_ITEMS
 from workloads.warehouse.workload import WORKLOAD
 

@@ -1,12 +1,12 @@
-"""Deployment: a supervisor for the named processes of one benchmark run.
+"""A supervisor for the named processes of one run folder, on either backend.
 
 :class:`Supervisor` starts processes (argv, env, cwd; output appended to ``logs/<name>.log``
-in the run folder), waits until their health URL answers 200 (or their port accepts TCP),
-kills -9 and restarts them by name for fault injection, samples their CPU time, and tears
-*everything* down on exit — also on exceptions, SIGINT and SIGTERM. Each process gets its own
-session (process group), and every descendant ever seen is remembered via psutil, so that no
-grandchild survives even if it left the group. After teardown it checks that the ports of the
-processes are free again.
+in the run folder), waits until their health URL answers 200 (or their port accepts TCP, or
+they print a line), kills -9 and restarts them by name for fault injection, pauses and resumes
+them (a gray failure), samples their CPU time, and tears *everything* down on exit — also on
+exceptions, SIGINT and SIGTERM. After teardown it checks that the ports of the processes are
+free again. Where they run is the backend's: host processes (:mod:`launch.process`, the
+default) or one container each (:mod:`launch.container`, ``backend="docker"``).
 
 CPU seconds are summed per name over every incarnation and every descendant, sampled every
 ``sample_interval_s`` and right before a kill, and written to ``cpu.csv`` for the analysis.
@@ -15,95 +15,75 @@ CPU seconds are summed per name over every incarnation and every descendant, sam
 from __future__ import annotations
 
 import atexit
-import contextlib
 import csv
 import logging
-import os
 import signal
-import socket
-import ssl
-import subprocess
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 
 import psutil
 
+from launch.ports import wait_port_free, wait_tcp
+from launch.process import ProcessBackend
+from launch.spec import Backend, DeployError, Incarnation, ProcessSpec
+
 log = logging.getLogger(__name__)
 CPU_COLUMNS = ("process", "cpu_user_s", "cpu_system_s", "cpu_s", "starts")
-
-
-class DeployError(RuntimeError):
-    """A process failed to start or become healthy; the message includes its log tail."""
-
-
-@dataclass(frozen=True)
-class ProcessSpec:
-    """How to run one named process.
-
-    ``env`` is laid over the harness's environment. Readiness is ``health_url`` answering 200
-    (an ``https://`` one through ``health_tls``, the harness's client certificate), else
-    ``ready_line`` printed by this incarnation (a process with no port, such as a Temporal
-    worker, says when it polls), else every one of ``ports`` accepting TCP (e.g. a latency
-    proxy hosting many links), else just being alive. ``ports`` are checked to be free after
-    teardown.
-    """
-
-    name: str
-    argv: Sequence[str]
-    env: Mapping[str, str] = field(default_factory=dict)
-    cwd: Path | None = None
-    health_url: str | None = None
-    health_tls: ssl.SSLContext | None = None
-    ports: Sequence[int] = ()
-    ready_line: str | None = None
-    startup_timeout_s: float = 60.0
-    stop_grace_s: float = 5.0
+BACKENDS = ("process", "docker")
 
 
 @dataclass
 class _Running:
     spec: ProcessSpec
-    proc: psutil.Popen | None = None
+    run: Incarnation | None = None
     # (pid, create_time) -> last seen (user, system) CPU seconds, across all incarnations.
     cpu: dict[tuple[int, float], tuple[float, float]] = field(default_factory=dict)
-    seen: dict[tuple[int, float], psutil.Process] = field(default_factory=dict)
     starts: int = 0
+    exit_code: int | None = None  # of the last incarnation that ended
+    paused: bool = False
     log_offset: int = 0  # where the current incarnation's output begins in the log
 
-
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    """Whether a listener could bind ``host:port`` now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return False
-        return True
+    def alive(self) -> bool:
+        return self.run is not None and self.run.poll() is None
 
 
-def wait_tcp(host: str, port: int, timeout_s: float) -> bool:
-    """Wait until ``host:port`` accepts a TCP connection; False on timeout."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1.0):
-            return True
-        time.sleep(0.05)
-    return False
+def make_backend(name: str, run_dir: Path, cpus: float | None = None) -> Backend:
+    """The backend called ``name`` (one of :data:`BACKENDS`) for a run folder."""
+    if name == "process":
+        if cpus is not None:
+            raise ValueError("a CPU limit per process needs the docker backend")
+        return ProcessBackend()
+    if name == "docker":
+        from launch.container import ContainerBackend
+
+        return ContainerBackend(run_dir, cpus=cpus)
+    raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS}")
 
 
 class Supervisor:
-    """Runs the named processes of one run folder. Use as a context manager."""
+    """Runs the named processes of one run folder. Use as a context manager.
 
-    def __init__(self, run_dir: Path, sample_interval_s: float = 1.0) -> None:
+    ``backend`` is ``"process"`` (host processes) or ``"docker"`` (a container each, with
+    ``cpus`` of CPU quota if given).
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        sample_interval_s: float = 1.0,
+        backend: str = "process",
+        cpus: float | None = None,
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.log_dir = self.run_dir / "logs"
+        self.backend_name, self.cpus = backend, cpus
+        self._backend: Backend | None = None
         self._procs: dict[str, _Running] = {}
         self._lock = threading.RLock()
         self._interval = sample_interval_s
@@ -113,6 +93,7 @@ class Supervisor:
 
     def __enter__(self) -> Supervisor:
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._backend = make_backend(self.backend_name, self.run_dir, self.cpus)
         atexit.register(self.stop_all)
         if threading.current_thread() is threading.main_thread():
             # SIGTERM to the harness becomes SystemExit, so __exit__ runs and tears down.
@@ -155,16 +136,30 @@ class Supervisor:
             return list(self._procs)
 
     def pid(self, name: str) -> int | None:
-        """The pid of the current incarnation, or None when it is not running."""
+        """The host pid of the current incarnation's main process (a container's init), or
+        None when it is not running."""
         with self._lock:
-            proc = self._procs[name].proc
-            return proc.pid if proc is not None and proc.poll() is None else None
+            running = self._procs[name]
+            if not running.alive():
+                return None
+            assert running.run is not None
+            family = running.run.processes()
+            return family[0].pid if family else None
+
+    def exit_code(self, name: str) -> int | None:
+        """How the process ended: the exit code of its last incarnation once that was stopped,
+        killed or reaped (negative: the signal that ended it), None while it runs."""
+        with self._lock:
+            running = self._procs[name]
+            if running.run is not None:
+                return running.run.poll()
+            return running.exit_code
 
     def start(self, spec: ProcessSpec, wait: bool = True) -> None:
         """Start a process under ``spec.name`` (which must not be running)."""
         with self._lock:
             running = self._procs.get(spec.name)
-            if running is not None and running.proc is not None and running.proc.poll() is None:
+            if running is not None and running.alive():
                 raise DeployError(f"{spec.name} is already running")
             if running is None:
                 running = self._procs[spec.name] = _Running(spec)
@@ -174,24 +169,16 @@ class Supervisor:
             self.wait_healthy(spec.name)
 
     def _launch(self, running: _Running) -> None:
+        if self._backend is None:
+            raise DeployError("the supervisor is not running: use it as a context manager")
         spec = running.spec
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        log_file = self.log_path(spec.name).open("ab")
-        running.log_offset = log_file.tell()
-        log_file.write(f"--- start {time.strftime('%H:%M:%S')}: {list(spec.argv)}\n".encode())
-        log_file.flush()
-        try:
-            running.proc = psutil.Popen(
-                list(spec.argv),
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **spec.env},
-                cwd=spec.cwd,
-                stdin=subprocess.DEVNULL,  # never read the harness's terminal
-                stdout=log_file,
-                stderr=log_file,
-                start_new_session=True,
-            )
-        finally:
-            log_file.close()
+        path = self.log_path(spec.name)
+        with path.open("ab") as log_file:
+            running.log_offset = log_file.tell()
+            log_file.write(f"--- start {time.strftime('%H:%M:%S')}: {list(spec.argv)}\n".encode())
+        running.run = self._backend.launch(spec, path, running.starts + 1)
+        running.paused = False
         running.starts += 1
 
     def log_path(self, name: str) -> Path:
@@ -202,14 +189,13 @@ class Supervisor:
         """Block until the process is ready; raise :class:`DeployError` with its log tail."""
         with self._lock:
             running = self._procs[name]
-        spec, proc = running.spec, running.proc
-        assert proc is not None
+        spec, run = running.spec, running.run
+        assert run is not None
         deadline = time.monotonic() + (timeout_s or spec.startup_timeout_s)
         while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise DeployError(
-                    f"{name} exited with {proc.returncode} while starting\n{self._tail(name)}"
-                )
+            code = run.poll()
+            if code is not None:
+                raise DeployError(f"{name} exited with {code} while starting\n{self._tail(name)}")
             if self._ready(running):
                 return
             time.sleep(0.05)
@@ -242,27 +228,45 @@ class Supervisor:
         return "\n".join(f"    {line}" for line in text)
 
     def kill(self, name: str) -> None:
-        """kill -9 the process, its group and every descendant, and reap it."""
+        """kill -9 the process and everything it started, and reap it (a crash)."""
         with self._lock:
             running = self._procs[name]
             self._sample(running)
-            self._terminate(running, sig=signal.SIGKILL, grace_s=0.0)
+            self._end(running, sig=signal.SIGKILL, grace_s=0.0)
 
     def stop(self, name: str) -> None:
-        """SIGTERM the process group; SIGKILL whatever remains after the grace period."""
+        """SIGTERM the process; SIGKILL whatever remains after the grace period."""
         with self._lock:
             running = self._procs[name]
             self._sample(running)
-            self._terminate(running, sig=signal.SIGTERM, grace_s=running.spec.stop_grace_s)
+            self._end(running, sig=signal.SIGTERM, grace_s=running.spec.stop_grace_s)
+
+    def pause(self, name: str) -> None:
+        """Freeze the process and everything it started: alive, ports held, silent."""
+        with self._lock:
+            running = self._procs[name]
+            if not running.alive():
+                raise DeployError(f"{name} is not running: nothing to pause")
+            self._sample(running)
+            assert running.run is not None
+            running.run.pause()
+            running.paused = True
+
+    def resume(self, name: str) -> None:
+        """Let a paused process run again."""
+        with self._lock:
+            running = self._procs[name]
+            if running.run is not None and running.paused:
+                running.run.resume()
+            running.paused = False
 
     def restart(self, name: str, wait: bool = True) -> None:
         """Start a process again with its spec (killing it first if it still runs)."""
         with self._lock:
             running = self._procs[name]
-            if running.proc is not None:
-                # Also reaps a crashed leader and any descendant it left behind.
-                self._sample(running)
-                self._terminate(running, sig=signal.SIGKILL, grace_s=0.0)
+            # Also reaps a crashed leader and any descendant it left behind.
+            self._sample(running)
+            self._end(running, sig=signal.SIGKILL, grace_s=0.0)
             self._launch(running)
         if wait:
             self.wait_healthy(name)
@@ -271,43 +275,29 @@ class Supervisor:
         """Stop every process (reverse start order); return ports that are still not free."""
         with self._lock:
             runnings = list(self._procs.values())[::-1]
-            # Signal every group first so that they all shut down in parallel.
+            # Signal every process first so that they all shut down in parallel.
             for running in runnings:
                 self._sample(running)
-                if running.proc is not None:
-                    with contextlib.suppress(OSError):
-                        os.killpg(running.proc.pid, signal.SIGTERM)
+                if running.run is not None:
+                    running.run.send_signal(signal.SIGTERM)
             deadline = time.monotonic() + max((r.spec.stop_grace_s for r in runnings), default=0)
             for running in runnings:
-                self._terminate(
+                self._end(
                     running, sig=signal.SIGTERM, grace_s=max(0.0, deadline - time.monotonic())
                 )
-        busy = [p for r in runnings for p in r.spec.ports if not _wait_port_free(p, 5.0)]
+            if self._backend is not None:
+                self._backend.close()
+        busy = [p for r in runnings for p in r.spec.ports if not wait_port_free(p, 5.0)]
         if busy:
             log.warning("ports still bound after teardown: %s", busy)
         return busy
 
-    def _terminate(self, running: _Running, sig: int, grace_s: float) -> None:
-        proc = running.proc
-        if proc is None:
-            return
-        victims = _family(proc) + [p for p in running.seen.values() if p.is_running()]
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, sig)
-        for p in victims:
-            with contextlib.suppress(psutil.Error):
-                p.send_signal(sig)
-        for p in _wait_gone(victims, grace_s):
-            with contextlib.suppress(psutil.Error):
-                p.kill()
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        _wait_gone(victims, 5.0)
-        with contextlib.suppress(Exception):
-            proc.wait(timeout=5.0)
-        running.seen.clear()
-        # Forget the reaped pid: signalling its group later could hit a reused process group.
-        running.proc = None
+    @staticmethod
+    def _end(running: _Running, sig: int, grace_s: float) -> None:
+        if running.run is not None:
+            running.run.stop(sig, grace_s)
+            running.exit_code = running.run.poll()
+        running.run, running.paused = None, False
 
     def _sample_loop(self) -> None:
         while not self._stop_sampling.wait(self._interval):
@@ -317,16 +307,14 @@ class Supervisor:
 
     @staticmethod
     def _sample(running: _Running) -> None:
-        proc = running.proc
-        if proc is None or proc.poll() is not None:
+        if running.run is None:
             return
-        for p in _family(proc) + list(running.seen.values()):
+        for p in running.run.processes():
             try:
                 key = (p.pid, p.create_time())
                 times = p.cpu_times()
             except psutil.Error:
                 continue
-            running.seen[key] = p
             running.cpu[key] = (times.user, times.system)
 
     def cpu_seconds(self) -> dict[str, tuple[float, float]]:
@@ -381,39 +369,6 @@ def harness_cpu_s() -> float:
     """CPU-seconds of this process (the harness, with the link probe's thread), children not."""
     t = psutil.Process().cpu_times()
     return float(t.user + t.system)
-
-
-def _family(proc: psutil.Process) -> list[psutil.Process]:
-    try:
-        return [proc, *proc.children(recursive=True)]
-    except psutil.Error:
-        return [proc]
-
-
-def _wait_gone(procs: list[psutil.Process], timeout_s: float) -> list[psutil.Process]:
-    """Wait until every process has exited; return those still alive.
-
-    A zombie counts as gone: an orphaned grandchild is reaped by init, whenever init gets to it.
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        alive = []
-        for p in procs:
-            with contextlib.suppress(psutil.Error):
-                if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
-                    alive.append(p)
-        if not alive or time.monotonic() >= deadline:
-            return alive
-        time.sleep(0.02)
-
-
-def _wait_port_free(port: int, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not port_is_free(port):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def _raise_system_exit(signum: int, frame: FrameType | None) -> None:

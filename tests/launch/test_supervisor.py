@@ -15,10 +15,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from bench.deploy import DeployError, ProcessSpec, Supervisor, port_is_free
 from bench.proxy import measure_links
 from bench.topology import load_topology, plan_links, write_links_file
-from workloads.launch import free_port, free_ports
+from launch import DeployError, ProcessSpec, Supervisor, free_port, free_ports, port_is_free
 
 # A parent that starts a grandchild (which leaves the process group) and then serves HTTP.
 FAMILY = textwrap.dedent(
@@ -134,7 +133,7 @@ def test_sigterm_to_the_harness_tears_everything_down(tmp_path: Path) -> None:
             f"""
             import sys, time
             from pathlib import Path
-            from bench.deploy import ProcessSpec, Supervisor
+            from launch import ProcessSpec, Supervisor
             with Supervisor(Path({str(tmp_path / "run")!r})) as s:
                 s.start(ProcessSpec({spec.name!r}, {list(spec.argv)!r},
                                     health_url={spec.health_url!r}, stop_grace_s=2))
