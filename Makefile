@@ -55,3 +55,11 @@ tune-restate: $(STAMP)
 
 tune-dbos: $(STAMP)
 	$(PY) -m baselines.dbos.tuning --sagas 200
+
+# The project's image (Dockerfile): FROM $(BASE) if given, else python:3.11-slim if it is here or
+# can be pulled, else a Debian base built here with debootstrap (deploy/build-image.sh says which).
+IMAGE ?= accompanist
+BASE ?=
+.PHONY: image
+image:
+	deploy/build-image.sh $(IMAGE) $(BASE)
