@@ -127,6 +127,7 @@ class Applicability:
     planned: int
     applicable: int
     not_applicable: tuple[str, ...]  # the slots of the crashes that do not apply, in order
+    noun: str = "crashes"  # what the strikes are: crashes, pauses, or crashes and pauses
 
     @property
     def all_apply(self) -> bool | None:
@@ -137,10 +138,10 @@ class Applicability:
     def describe(self) -> str:
         """One line for the console: ``5 crashes`` or why some do not apply."""
         if self.all_apply is not False:
-            return f"{self.planned} crashes"
+            return f"{self.planned} {self.noun}"
         missing = ", ".join(sorted(set(self.not_applicable)))
         return (
-            f"{self.planned} crashes planned, {self.applicable} applicable "
+            f"{self.planned} {self.noun} planned, {self.applicable} applicable "
             f"(this system has no {missing})"
         )
 
@@ -148,7 +149,11 @@ class Applicability:
 def applicability(faults: Sequence[Fault], resolve: Callable[[str], str | None]) -> Applicability:
     """Count which of `faults` hit a process of the system that `resolve` describes."""
     missing = tuple(f.slot for f in faults if resolve(f.slot) is None)
-    return Applicability(len(faults), len(faults) - len(missing), missing)
+    actions = {f.action for f in faults}
+    noun = {frozenset({"pause"}): "pauses", frozenset(ACTIONS): "crashes and pauses"}
+    return Applicability(
+        len(faults), len(faults) - len(missing), missing, noun.get(frozenset(actions), "crashes")
+    )
 
 
 class Crashable(Protocol):

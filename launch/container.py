@@ -204,6 +204,10 @@ class ContainerBackend:
                 working_dir=str(spec.cwd or SOURCE),
                 labels={LABEL_SUPERVISOR: self.supervisor_id, LABEL_HARNESS: self._harness},
                 nano_cpus=int(self.cpus * 1e9) if self.cpus else None,
+                # The image's health check asks a sidecar on its configured port: a container
+                # of the harness is watched by the supervisor instead, and a probe process
+                # every few seconds would only add noise to the measurements.
+                healthcheck={"test": ["NONE"]},
                 stdin_open=False,
             )
         except Exception as exc:

@@ -18,12 +18,17 @@ def children() -> set[int]:
 
 
 def run_checked_cell(
-    run_dir: Path, system: str, scenario: Scenario, workload: str = "warehouse"
+    run_dir: Path,
+    system: str,
+    scenario: Scenario,
+    workload: str = "warehouse",
+    backend: str = "process",
 ) -> CellDir:
     """Run one cell; it must leave no process behind, be consistent and answer every request
     with 200."""
     before = children()
-    cd = run_cell(run_dir, Cell(workload, system, scenario, 1), progress=lambda _: None)
+    cell = Cell(workload, system, scenario, 1, backend=backend)
+    cd = run_cell(run_dir, cell, progress=lambda _: None)
     assert children() <= before, "processes left behind"
     check = read_json(cd.check_json)
     assert check["consistent"], check["violations"]
