@@ -7,6 +7,16 @@
 # `make image` picks the base. Both bases work: python3 is /usr/local/bin/python3 on the slim
 # image and /usr/bin/python3 on the Debian one, and everything runs from the venv in /opt/venv.
 ARG BASE=python:3.11-slim
+
+# The dependencies, read from pyproject.toml alone. The next stage copies the list, not
+# pyproject.toml, so that a change there that leaves the dependencies alone (pytest settings,
+# the version) keeps the dependency layer cached.
+FROM ${BASE} AS requirements
+COPY pyproject.toml /pyproject.toml
+RUN python3 -c 'import tomllib; p = tomllib.load(open("/pyproject.toml", "rb")); \
+print("\n".join(p["build-system"]["requires"] + p["project"]["dependencies"] \
++ p["project"]["optional-dependencies"]["bench"]))' > /requirements.txt
+
 FROM ${BASE}
 
 ENV LANG=C.UTF-8 \
@@ -26,16 +36,13 @@ RUN python3 -m venv /opt/venv \
     && install -d -o accompanist -g accompanist -m 0750 /var/lib/accompanist \
     && install -d -m 0755 /etc/accompanist
 
-# Dependencies first, read from pyproject.toml alone: this layer is rebuilt only when the
-# dependencies change, not when the source does. EXTRA_CA_CERTS (PEM text) is trusted by pip
-# for this step only, for a network whose HTTPS goes through an intercepting proxy; the image
-# does not keep it (deploy/build-image.sh passes the host's /usr/local/share/ca-certificates).
+# Dependencies before the source: this layer is rebuilt only when they change. EXTRA_CA_CERTS
+# (PEM text) is trusted by pip for this step only, for a network whose HTTPS goes through an
+# intercepting proxy; the image does not keep it (deploy/build-image.sh passes the host's
+# /usr/local/share/ca-certificates).
 ARG EXTRA_CA_CERTS=
-COPY pyproject.toml /src/pyproject.toml
-RUN python3 -c 'import tomllib; p = tomllib.load(open("/src/pyproject.toml", "rb")); \
-print("\n".join(p["build-system"]["requires"] + p["project"]["dependencies"] \
-+ p["project"]["optional-dependencies"]["bench"]))' > /tmp/requirements.txt \
-    && if [ -n "$EXTRA_CA_CERTS" ]; then \
+COPY --from=requirements /requirements.txt /tmp/requirements.txt
+RUN if [ -n "$EXTRA_CA_CERTS" ]; then \
         { cat /etc/ssl/certs/ca-certificates.crt; printf '%s\n' "$EXTRA_CA_CERTS"; } > /tmp/ca.pem \
         && export PIP_CERT=/tmp/ca.pem; fi \
     && pip install --quiet -r /tmp/requirements.txt \

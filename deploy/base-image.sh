@@ -32,7 +32,12 @@ root=$(mktemp -d /tmp/accompanist-base.XXXXXX)
 log=$(mktemp /tmp/accompanist-base-log.XXXXXX)
 # A killed debootstrap can leave /proc or /sys mounted inside the folder: unmount before rm,
 # or rm would walk into the host's /proc.
+child=""
 cleanup() {
+    # An interrupted debootstrap is stopped with everything it started (its own session).
+    if [[ -n "$child" ]] && kill -TERM -- "-$child" 2>/dev/null; then
+        wait "$child" 2>/dev/null || true
+    fi
     for mount in $(awk -v r="$root" 'index($2, r) == 1 {print $2}' /proc/mounts | sort -r); do
         umount -l "$mount" || true
     done
@@ -42,12 +47,17 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 start=$(date +%s)
-debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
-    bookworm "$root" "${MIRROR:-http://deb.debian.org/debian}" >"$log" 2>&1 || {
+# In the background and waited for, so that a signal is acted on at once, not when it ends.
+setsid debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
+    bookworm "$root" "${MIRROR:-http://deb.debian.org/debian}" >"$log" 2>&1 &
+child=$!
+if ! wait "$child"; then
+    child=""
     tail -20 "$log" >&2
     echo "$0: debootstrap failed" >&2
     exit 1
-}
+fi
+child=""
 # Nothing a container needs: package lists and caches, documentation (the copyright files stay).
 rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/cache/apt/archives/*.deb \
     "$root"/usr/share/man/* "$root"/usr/share/info/*
