@@ -15,6 +15,10 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$1"
 dir=$(cd "$1" && pwd)
+if [[ -n "$(ls -A "$dir")" ]]; then
+    echo "up: $dir is not empty: a deployment is configured once (to start it again: docker-compose --env-file $dir/.env -f $here/docker-compose.yml up -d)" >&2
+    exit 1
+fi
 image=${ACCOMPANIST_IMAGE:-accompanist}
 export COMPOSE_PROJECT_NAME=${COMPOSE_PROJECT_NAME:-accompanist-warehouse}
 
