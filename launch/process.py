@@ -26,6 +26,7 @@ class HostProcess:
         # (pid, create_time) -> process, for every descendant seen so far.
         self._seen: dict[tuple[int, float], psutil.Process] = {}
         self._reaped = False
+        self._last_signal: int | None = None
 
     @property
     def pid(self) -> int:
@@ -50,9 +51,13 @@ class HostProcess:
         victims = self.processes()
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self._proc.pid, sig)
+        # Only those that left the group: a second SIGTERM that lands while a process is
+        # already shutting down (its handlers reset) kills it with -15 instead of its exit code.
         for p in victims:
-            with contextlib.suppress(psutil.Error):
-                p.send_signal(sig)
+            with contextlib.suppress(psutil.Error, OSError):
+                if os.getpgid(p.pid) != self._proc.pid:
+                    p.send_signal(sig)
+        self._last_signal = sig
 
     def pause(self) -> None:
         self.send_signal(signal.SIGSTOP)
@@ -64,7 +69,8 @@ class HostProcess:
         if self._reaped:
             return
         victims = self.processes()
-        self.send_signal(sig)
+        if sig != self._last_signal:  # not asked already (stop_all signals everyone first)
+            self.send_signal(sig)
         if sig != signal.SIGKILL:
             self.send_signal(signal.SIGCONT)  # a paused process cannot act on SIGTERM
         for p in _wait_gone(victims, grace_s):

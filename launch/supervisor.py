@@ -22,7 +22,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -168,6 +168,14 @@ class Supervisor:
         if wait:
             self.wait_healthy(spec.name)
 
+    def start_all(self, specs: Iterable[ProcessSpec]) -> None:
+        """Start every spec, then wait until each is ready: they start in parallel."""
+        specs = list(specs)
+        for spec in specs:
+            self.start(spec, wait=False)
+        for spec in specs:
+            self.wait_healthy(spec.name)
+
     def _launch(self, running: _Running) -> None:
         if self._backend is None:
             raise DeployError("the supervisor is not running: use it as a context manager")
@@ -175,8 +183,9 @@ class Supervisor:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         path = self.log_path(spec.name)
         with path.open("ab") as log_file:
-            running.log_offset = log_file.tell()
             log_file.write(f"--- start {time.strftime('%H:%M:%S')}: {list(spec.argv)}\n".encode())
+            # After the header: a ready line that appears in the argv must not count as said.
+            running.log_offset = log_file.tell()
         running.run = self._backend.launch(spec, path, running.starts + 1)
         running.paused = False
         running.starts += 1

@@ -2,8 +2,10 @@
 
 `running_services` (async) and `running_services_sync` start one process per service on a free
 loopback port, each with its own SQLite file in `dirpath` and its output in
-`dirpath/<service>.log`, wait until every `GET /health` answers, yield {service: base URL},
-and on exit, exception or not, stop every child: SIGTERM, then SIGKILL after a grace period.
+`dirpath/logs/<service>.log`, under a `launch.Supervisor`: they wait until every `GET /health`
+answers, yield {service: base URL}, and on exit, exception or not, stop every child (SIGTERM,
+then SIGKILL after a grace period). A service that dies or stays unhealthy while starting is a
+`launch.DeployError` (a RuntimeError) carrying its log tail.
 
 Given `tls` (a `ServiceTLS` per service) the services serve HTTPS to callers with a
 certificate from the CA, the URLs are https://, and the health probe presents the service's
@@ -15,15 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 
 from accompanist_py.tls import client_context
-from launch import free_port
+from launch import ProcessSpec, Supervisor, free_port
 from workloads import Workload, discover
 from workloads.service_kit import ServiceTLS
 
@@ -94,8 +93,8 @@ def _covering(workload: Workload, what: str, given: Mapping[str, object] | None)
         )
 
 
-class _Children:
-    """The service processes of one launch, with their URLs and logs."""
+class _Services:
+    """What one launch runs: a spec per service (port, database, log, health probe) and URL."""
 
     def __init__(
         self,
@@ -106,87 +105,52 @@ class _Children:
         abort_rate: float,
         host: str,
         ports: Mapping[str, int] | None,
+        startup_s: float,
         tls: Mapping[str, ServiceTLS] | None = None,
         tokens: Mapping[str, str] | None = None,
     ) -> None:
         self.workload = discover()[workload] if isinstance(workload, str) else workload
         _covering(self.workload, "tls", tls)
         _covering(self.workload, "tokens", tokens)
+        tls, tokens, ports = dict(tls or {}), dict(tokens or {}), dict(ports or {})
         self.dirpath = Path(dirpath)
-        self.args = (seed, size, abort_rate, host)
-        self.ports = dict(ports or {})
-        self.tls = dict(tls or {})
-        self.tokens = dict(tokens or {})
-        self.probes = {
-            service: client_context(t.ca, t.cert, t.key) for service, t in self.tls.items()
-        }
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.specs: list[ProcessSpec] = []
         self.urls: dict[str, str] = {}
-
-    def start(self) -> None:
-        seed, size, abort_rate, host = self.args
-        self.dirpath.mkdir(parents=True, exist_ok=True)
         for service in self.workload.services:
-            port = self.ports.get(service) or free_port(host)
-            db = self.dirpath / f"{service}.db"
+            port = ports.get(service) or free_port(host)
+            guard = tls.get(service)
             command = service_command(
                 self.workload,
                 service,
                 port,
-                db,
+                self.dirpath / f"{service}.db",
                 seed,
                 size,
                 abort_rate,
                 host,
-                tls=self.tls.get(service),
-                token_file=(
-                    write_token(self.dirpath / f"{service}.token", self.tokens[service])
-                    if service in self.tokens
-                    else None
-                ),
+                tls=guard,
+                token_file=self.dirpath / f"{service}.token" if service in tokens else None,
             )
-            with (self.dirpath / f"{service}.log").open("ab") as log:
-                self.procs[service] = subprocess.Popen(
-                    command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            self.urls[service] = f"{'https' if guard else 'http'}://{host}:{port}"
+            self.specs.append(
+                ProcessSpec(
+                    service,
+                    command,
+                    health_url=f"{self.urls[service]}/health",
+                    health_tls=client_context(guard.ca, guard.cert, guard.key) if guard else None,
+                    ports=[port],
+                    startup_timeout_s=startup_s,
                 )
-            scheme = "https" if service in self.tls else "http"
-            self.urls[service] = f"{scheme}://{host}:{port}"
+            )
+        self.tokens = tokens
 
-    def wait_healthy(self, startup_s: float) -> None:
-        """Poll every `GET /health` until all answer 200; raise if a child dies or time runs out."""
-        deadline = time.monotonic() + startup_s
-        waiting = set(self.procs)
-        while waiting:
-            for service in sorted(waiting):
-                proc = self.procs[service]
-                if proc.poll() is not None:
-                    log = (self.dirpath / f"{service}.log").read_text(errors="replace")
-                    raise RuntimeError(
-                        f"service {service} exited with {proc.returncode}:\n{log[-2000:]}"
-                    )
-                with (
-                    contextlib.suppress(OSError),
-                    urllib.request.urlopen(
-                        f"{self.urls[service]}/health", timeout=2, context=self.probes.get(service)
-                    ),
-                ):
-                    waiting.discard(service)
-            if waiting and time.monotonic() > deadline:
-                raise TimeoutError(f"services not healthy after {startup_s}s: {sorted(waiting)}")
-            if waiting:
-                time.sleep(0.05)
-
-    def stop(self, grace: float = 5.0) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        deadline = time.monotonic() + grace
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    def start(self, supervisor: Supervisor) -> None:
+        """Start every service and wait until each `GET /health` answers 200 (DeployError,
+        with the service's log tail, if one dies or time runs out)."""
+        self.dirpath.mkdir(parents=True, exist_ok=True)
+        for service, token in self.tokens.items():
+            write_token(self.dirpath / f"{service}.token", token)
+        supervisor.start_all(self.specs)
 
 
 @contextlib.asynccontextmanager
@@ -208,13 +172,18 @@ async def running_services(
     `ports` pins some services' ports (the others get free ones). `tls` and `tokens`, if
     given, must name every service: a half-guarded workload is refused (ValueError).
     """
-    children = _Children(workload, dirpath, seed, size, abort_rate, host, ports, tls, tokens)
+    services = _Services(
+        workload, dirpath, seed, size, abort_rate, host, ports, startup_s, tls, tokens
+    )
+    # Entered and left in a worker thread, as every blocking call: the loop keeps running (and
+    # the supervisor, off the main thread, leaves this process's SIGTERM handler alone).
+    supervisor = Supervisor(services.dirpath)
+    await asyncio.to_thread(supervisor.__enter__)
     try:
-        children.start()
-        await asyncio.to_thread(children.wait_healthy, startup_s)
-        yield dict(children.urls)
+        await asyncio.to_thread(services.start, supervisor)
+        yield dict(services.urls)
     finally:
-        await asyncio.to_thread(children.stop)
+        await asyncio.to_thread(supervisor.__exit__, None, None, None)
 
 
 @contextlib.contextmanager
@@ -232,10 +201,9 @@ def running_services_sync(
     tokens: Mapping[str, str] | None = None,
 ) -> Iterator[dict[str, str]]:
     """The same as `running_services`, for callers without an event loop."""
-    children = _Children(workload, dirpath, seed, size, abort_rate, host, ports, tls, tokens)
-    try:
-        children.start()
-        children.wait_healthy(startup_s)
-        yield dict(children.urls)
-    finally:
-        children.stop()
+    services = _Services(
+        workload, dirpath, seed, size, abort_rate, host, ports, startup_s, tls, tokens
+    )
+    with Supervisor(services.dirpath) as supervisor:
+        services.start(supervisor)
+        yield dict(services.urls)

@@ -3,18 +3,17 @@
     async with running_restate(service_urls, tmp_path) as (server, handlers):
         outcome = await post_saga(http, server, "warehouse", request)
 
-Each piece stops what it started on the way out, exception or not; `Handlers.kill` and
-`RestateServer.kill` are the crashes (SIGKILL), and `start` brings either back where it was.
+Each piece stops what it started on the way out, exception or not. Both the server and the
+handler process are `baselines.server_process.ServerProcess`es: `kill` is the crash (SIGKILL),
+and `start` brings either back where it was.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -23,59 +22,47 @@ import aiohttp
 
 from baselines.restate.handler import HANDLER
 from baselines.restate.server import RestateServer
+from baselines.server_process import ServerProcess
 from launch import free_port
 
 
-class Handlers:
+class Handlers(ServerProcess):
     """The handler process (`python -m baselines.restate.handler`) on a port chosen once, so
-    that a restarted one is where the server looks for it."""
+    that a restarted one is where the server looks for it; its log is
+    `logdir/restate-handler.log`."""
 
-    def __init__(self, urls: Mapping[str, str], logdir: Path) -> None:
+    def __init__(
+        self, urls: Mapping[str, str], logdir: Path, *, ready_timeout_s: float = 30.0
+    ) -> None:
+        super().__init__(Path(logdir) / "restate-handler.log")
         self.port = free_port()
         self.urls = dict(urls)
-        self.log = Path(logdir) / "restate-handler.log"
-        self.process: subprocess.Popen[bytes] | None = None
+        self.ready_timeout_s = ready_timeout_s
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    async def start(self, timeout_s: float = 30.0) -> None:
-        """Start the process and return once it listens."""
-        self.process = self._spawn()
-        for _ in range(int(timeout_s * 10)):
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the handler exited: {self.log.read_text()[-2000:]}")
+    def command(self) -> list[str]:
+        argv = [sys.executable, "-m", "baselines.restate.handler", "--port", str(self.port)]
+        return argv + [arg for s, u in self.urls.items() for arg in ("--service-url", f"{s}={u}")]
+
+    async def wait_ready(self) -> None:
+        """Return once the process listens."""
+        deadline = time.monotonic() + self.ready_timeout_s
+        while time.monotonic() < deadline:
+            if (why := self.exited()) is not None:
+                raise RuntimeError(f"the handler {why}:\n{self._tail()}")
             with contextlib.suppress(OSError):
                 _, writer = await asyncio.open_connection("127.0.0.1", self.port)
                 writer.close()
                 return
             await asyncio.sleep(0.1)
         self.kill()
-        raise TimeoutError(f"the handler did not listen: {self.log.read_text()[-2000:]}")
+        raise TimeoutError(f"the handler did not listen:\n{self._tail()}")
 
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        argv = [sys.executable, "-m", "baselines.restate.handler", "--port", str(self.port)]
-        argv += [arg for s, u in self.urls.items() for arg in ("--service-url", f"{s}={u}")]
-        with self.log.open("ab") as log:
-            return subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-
-    def kill(self) -> None:
-        """SIGKILL, no goodbye."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after 10 s."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+    def _tail(self) -> str:
+        return self.log_file.read_text(errors="replace")[-2000:]
 
 
 @contextlib.asynccontextmanager
@@ -90,7 +77,7 @@ async def running_restate(
         await server.register(handlers.url)
         yield server, handlers
     finally:
-        handlers.stop()
+        await handlers.stop()
         await server.stop()
 
 

@@ -56,7 +56,7 @@ async def run(sagas: int) -> None:
                     print(table_row(name, await sequential_latencies(once, sagas, f"r{i}")),
                           flush=True)  # fmt: skip
                 finally:
-                    handlers.stop()
+                    await handlers.stop()
                     await server.stop()
 
 

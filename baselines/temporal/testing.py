@@ -1,22 +1,21 @@
 """Run the Temporal baseline's pieces for a test or a tool: dev server, workers, gateway.
 
-Synchronous context managers, so that pytest fixtures of any scope can use them; each stops
-what it started on the way out, exception or not (SIGTERM, then SIGKILL after a grace period).
+Synchronous context managers, so that pytest fixtures of any scope can use them; each runs its
+processes under a `launch.Supervisor` and stops what it started on the way out, exception or
+not (SIGTERM, then SIGKILL after a grace period).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from baselines.temporal.devserver import DevServer
-from launch import free_port
+from baselines.temporal.worker import WorkerCommand
+from launch import ProcessSpec, Supervisor, free_port
 
 
 @contextlib.contextmanager
@@ -31,56 +30,39 @@ def running_dev_server(dirpath: str | Path) -> Iterator[DevServer]:
 
 
 @contextlib.contextmanager
-def running_processes(
-    commands: Sequence[tuple[str, list[str]]], logdir: str | Path, grace_s: float = 10.0
-) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
-    """Run each (name, argv) with its output in `logdir/<name>.log`; yields name -> process.
+def running_workers(workers: Sequence[WorkerCommand], logdir: str | Path) -> Iterator[Supervisor]:
+    """Run a deployment's worker processes (`worker-<service>`, logs in `logdir/logs/`) and
+    yield their supervisor once every one polls its queues.
 
-    On exit every process gets SIGTERM and `grace_s` seconds to end; callers can read the
-    exit codes from the yielded processes afterwards.
+    On exit every worker gets SIGTERM and 10 s to end; `Supervisor.exit_code` tells afterwards
+    how each ended.
     """
-    processes: dict[str, subprocess.Popen[bytes]] = {}
-    try:
-        for name, argv in commands:
-            with (Path(logdir) / f"{name}.log").open("ab") as log:
-                processes[name] = subprocess.Popen(
-                    argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-                )
-        yield processes
-    finally:
-        for process in processes.values():
-            if process.poll() is None:
-                process.terminate()
-        deadline = time.monotonic() + grace_s
-        for process in processes.values():
-            try:
-                process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    specs = [
+        ProcessSpec(f"worker-{w.service}", w.argv, ready_line=w.ready_line, stop_grace_s=10.0)
+        for w in workers
+    ]
+    with Supervisor(Path(logdir)) as supervisor:
+        supervisor.start_all(specs)
+        yield supervisor
 
 
 @contextlib.contextmanager
 def running_gateway(
     args: Sequence[str], logdir: str | Path, startup_s: float = 30.0
-) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """`python -m bench.gateway ARGS --port <free>`; yields (base URL, process) once healthy."""
+) -> Iterator[tuple[str, Supervisor]]:
+    """`python -m bench.gateway ARGS --port <free>` (log in `logdir/logs/gateway.log`); yields
+    (base URL, its supervisor) once healthy. After the block, `exit_code("gateway")` says how
+    it ended on SIGTERM."""
     port = free_port()
-    argv = [sys.executable, "-m", "bench.gateway", *args, "--port", str(port)]
     url = f"http://127.0.0.1:{port}"
-    with running_processes([("gateway", argv)], logdir) as processes:
-        process = processes["gateway"]
-        deadline = time.monotonic() + startup_s
-        while True:
-            if process.poll() is not None:
-                log = (Path(logdir) / "gateway.log").read_text(errors="replace")
-                raise RuntimeError(f"gateway exited with {process.returncode}:\n{log[-2000:]}")
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(f"{url}/health", timeout=2),
-            ):
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"gateway not healthy after {startup_s}s")
-            time.sleep(0.05)
-        yield url, process
+    spec = ProcessSpec(
+        "gateway",
+        [sys.executable, "-m", "bench.gateway", *args, "--port", str(port)],
+        health_url=f"{url}/health",
+        ports=[port],
+        startup_timeout_s=startup_s,
+        stop_grace_s=10.0,
+    )
+    with Supervisor(Path(logdir)) as supervisor:
+        supervisor.start(spec)
+        yield url, supervisor

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import dataclasses
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from temporalio.client import Client
 from accompanist_py import eventloop
 from baselines.temporal.devserver import DevServer
 from baselines.temporal.starter import run_saga
+from baselines.temporal.testing import running_workers
 from baselines.temporal.worker import (
     CONFIGS,
     Tuning,
@@ -50,9 +50,10 @@ def ladder() -> list[Tuning]:
 
 
 async def measure(
-    tuning: Tuning, server: DevServer, urls: dict[str, str], sagas: int
+    tuning: Tuning, server: DevServer, urls: dict[str, str], sagas: int, logdir: Path
 ) -> list[float]:
-    """Latencies in ms of `sagas` sequential warehouse sagas under `tuning` (after a warm-up)."""
+    """Latencies in ms of `sagas` sequential warehouse sagas under `tuning` (after a warm-up);
+    worker processes, if any, log to `logdir/logs/`."""
     from workloads.warehouse.data import requests
 
     twin = WORKFLOWS["warehouse"]
@@ -62,9 +63,9 @@ async def measure(
     async with contextlib.AsyncExitStack() as stack:
         if tuning.per_service_workers:
             plan = deployment(tuning.name, twin.name, urls, server.target, server.namespace)
-            workers = _spawn([command.argv for command in plan.workers])
-            stack.callback(_stop_all, workers)
-            await asyncio.sleep(3)  # pollers connect; the warm-up absorbs the rest
+            workers = running_workers(plan.workers, logdir)
+            await asyncio.to_thread(workers.__enter__)  # returns once every worker polls
+            stack.push_async_callback(asyncio.to_thread, workers.__exit__, None, None, None)
         else:
             await stack.enter_async_context(
                 running_worker(
@@ -88,17 +89,6 @@ async def measure(
     return latencies
 
 
-def _spawn(argvs: list[list[str]]) -> list[subprocess.Popen[bytes]]:
-    return [subprocess.Popen(argv) for argv in argvs]
-
-
-def _stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
-    for process in processes:
-        process.terminate()
-    for process in processes:
-        process.wait()
-
-
 def percentile(values: list[float], q: float) -> float:
     """Nearest-rank percentile, q in [0, 100]."""
     ordered = sorted(values)
@@ -120,7 +110,7 @@ async def run(sagas: int, server_defaults: bool) -> None:
             print("| configuration | median ms | p99 ms | mean ms |")
             print("| --- | ---: | ---: | ---: |")
             for tuning in ladder():
-                latencies = await measure(tuning, server, urls, sagas)
+                latencies = await measure(tuning, server, urls, sagas, workdir)
                 print(
                     f"| {tuning.name} | {statistics.median(latencies):.1f} "
                     f"| {percentile(latencies, 99):.1f} | {statistics.fmean(latencies):.1f} |",

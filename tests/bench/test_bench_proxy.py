@@ -33,7 +33,7 @@ from bench.proxy import (
     set_delays,
 )
 from bench.topology import write_links_file
-from launch import free_ports
+from launch import ProcessSpec, Supervisor, free_ports
 
 DELAY_MS = 40.0
 SLACK_MS = 200.0  # generous: this box has two busy cores
@@ -266,18 +266,16 @@ class _EchoThread:
 def _proxy_process(links: list[LinkSpec], folder: Path, *extra: str) -> Iterator[None]:
     """``python -m bench.proxy --links FILE`` until the block ends, as the harness runs it."""
     path = write_links_file(links, folder / "links.toml")
-    proc = subprocess.Popen(
+    spec = ProcessSpec(
+        "proxy",
         [sys.executable, "-m", "bench.proxy", "--links", str(path), *extra],
-        stdout=subprocess.PIPE,
+        ports=[link.listen_port for link in links if link.listen_port],
+        ready_line="ready",
+        stop_grace_s=10.0,
     )
-    try:
-        assert proc.stdout is not None
-        while proc.stdout.readline().strip() != b"ready":
-            assert proc.poll() is None
+    with Supervisor(folder) as supervisor:
+        supervisor.start(spec)
         yield
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.fixture

@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from baselines.dbos.saga import DbosHost
-from launch import free_port
+from launch import ProcessSpec, free_port
+from launch.process import HostProcess, ProcessBackend
 from workloads import discover
 from workloads.consistency import fetch_states
 from workloads.launch import running_services
@@ -72,11 +71,15 @@ asyncio.run(main())
 """
 
 
-def _start(database: Path, urls: dict[str, str], requests: list[dict]) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-c", STARTER, str(database), json.dumps(urls), json.dumps(requests)],
-        stdout=subprocess.PIPE, start_new_session=True,
-    )  # fmt: skip
+def _start(database: Path, urls: dict[str, str], requests: list[dict], log: Path) -> HostProcess:
+    argv = [sys.executable, "-c", STARTER, str(database), json.dumps(urls), json.dumps(requests)]
+    return ProcessBackend().launch(ProcessSpec("dbos-starter", argv), log, 1)
+
+
+def _announced(log: Path) -> int:
+    """How many starts the starter has announced, each on a line of its own (DBOS may log
+    around them)."""
+    return sum(line.startswith("started ") for line in log.read_text().splitlines())
 
 
 async def test_a_killed_dbos_process_resumes_its_workflows_when_it_starts_again(
@@ -87,14 +90,14 @@ async def test_a_killed_dbos_process_resumes_its_workflows_when_it_starts_again(
     database = tmp_path / "dbos.sqlite"
     ports = {service: free_port() for service in descriptor.services}
     urls = {service: f"http://127.0.0.1:{port}" for service, port in ports.items()}
-    starter = _start(database, urls, requests)
+    log = tmp_path / "starter.log"
+    starter = _start(database, urls, requests, log)
     try:
-        assert starter.stdout is not None
-        started = [starter.stdout.readline() for _ in requests]
-        assert all(line.startswith(b"started") for line in started), started
+        while _announced(log) < len(requests):
+            assert starter.poll() is None, log.read_text()
+            await asyncio.sleep(0.05)
     finally:
-        os.killpg(starter.pid, signal.SIGKILL)
-        starter.wait()
+        starter.stop(signal.SIGKILL, 0.0)
     async with running_services(
         "warehouse", tmp_path, seed=11, size=50, abort_rate=0.0, ports=ports
     ) as up:

@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 
 from baselines.temporal.devserver import DevServer
-from baselines.temporal.testing import running_gateway, running_processes
+from baselines.temporal.testing import running_gateway, running_workers
 from baselines.temporal.worker import deployment
 from launch import free_port
 from workloads import discover
@@ -40,14 +40,13 @@ def temporal_gateway(
     logdir = tmp_path_factory.mktemp(f"gateway-{config}")
     with running_services_sync("warehouse", logdir, seed=5, size=50, abort_rate=0.5) as urls:
         plan = deployment(config, "warehouse", urls, temporal_server.target)
-        workers = [(f"worker-{w.service}", w.argv) for w in plan.workers]
         args = ["--system", f"temporal-{config}", "--workload", "warehouse", *plan.gateway_args]
         with (
-            running_processes(workers, logdir),
+            running_workers(plan.workers, logdir),
             running_gateway(args, logdir) as (url, gateway),
         ):
             yield config, url, urls
-        assert gateway.returncode == 0, "the gateway must shut down cleanly on SIGTERM"
+        assert gateway.exit_code("gateway") == 0, "the gateway must shut down cleanly on SIGTERM"
 
 
 @pytest.fixture

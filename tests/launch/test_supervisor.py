@@ -1,4 +1,5 @@
-"""The supervisor: health waits, kill -9 and restart, and a teardown that leaves nothing."""
+"""The supervisor: health waits, kill -9 and restart, pause and resume, and a teardown that leaves
+nothing."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -236,3 +238,79 @@ def test_a_process_without_a_port_is_ready_when_this_incarnation_says_so(tmp_pat
         assert "ready 0" in log.read_text()
         sup.restart(spec.name)
         assert "ready 1" in log.read_text()
+
+
+def _answers(url: str, timeout_s: float) -> bool:
+    """Whether ``url`` answers 200 within ``timeout_s`` (the client's own timeout)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def _statuses(procs: list[psutil.Process], wanted: str) -> list[str]:
+    """The processes' statuses once all are ``wanted`` (signals land a moment after they are
+    sent), or as they are when a few seconds have passed."""
+    deadline = time.monotonic() + 5
+    while True:
+        statuses = [p.status() for p in procs]
+        if all(s == wanted for s in statuses) or time.monotonic() > deadline:
+            return statuses
+        time.sleep(0.02)
+
+
+def test_a_paused_process_and_all_its_descendants_are_stopped_and_silent_until_resumed(
+    tmp_path: Path,
+) -> None:
+    spec = _family_spec(tmp_path)
+    assert spec.health_url is not None
+    with Supervisor(tmp_path / "run") as supervisor:
+        supervisor.start(spec)
+        family = _wait_for_family(supervisor.pid("family") or 0, 3)
+        assert any(os.getsid(p.pid) != os.getsid(family[0].pid) for p in family[1:]), (
+            "one grandchild left the process group"
+        )
+        supervisor.pause("family")
+        assert _statuses(family, psutil.STATUS_STOPPED) == [psutil.STATUS_STOPPED] * 3
+        assert not _answers(spec.health_url, timeout_s=0.5)
+        assert supervisor.exit_code("family") is None, "a paused process has not ended"
+        supervisor.resume("family")
+        assert psutil.STATUS_STOPPED not in _statuses(family, psutil.STATUS_SLEEPING)
+        assert _answers(spec.health_url, timeout_s=10)
+
+
+def test_stop_all_tears_a_paused_process_down_with_no_orphan(tmp_path: Path) -> None:
+    spec = _family_spec(tmp_path)
+    with Supervisor(tmp_path / "run") as supervisor:
+        supervisor.start(spec)
+        family = _wait_for_family(supervisor.pid("family") or 0, 3)
+        supervisor.pause("family")
+        assert _statuses(family, psutil.STATUS_STOPPED) == [psutil.STATUS_STOPPED] * 3
+    assert _survivors(family) == []
+    assert port_is_free(spec.ports[0])
+    # SIGTERM, held while paused and acted on once continued, ended it.
+    assert supervisor.exit_code("family") == -signal.SIGTERM
+
+
+def test_exit_code_after_stop_is_how_the_process_ended(tmp_path: Path) -> None:
+    """A process that exits 0 on SIGTERM reports 0, stopped by name or by the teardown (which
+    asks each process once: a second SIGTERM during its shutdown would kill it with -15); one
+    that does not handle SIGTERM, paused or not, reports -15."""
+    clean = [sys.executable, "-c", textwrap.dedent("""
+        import signal, sys, time
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        print("up", flush=True)
+        time.sleep(600)
+    """)]  # fmt: skip
+    names = [f"clean-{i}" for i in range(4)]
+    with Supervisor(tmp_path / "run") as supervisor:
+        supervisor.start_all([ProcessSpec(name, clean, ready_line="up") for name in names])
+        supervisor.start(_family_spec(tmp_path))
+        assert supervisor.exit_code("clean-0") is None
+        supervisor.stop("clean-0")
+        supervisor.pause("family")
+        supervisor.stop("family")
+        assert supervisor.exit_code("clean-0") == 0
+        assert supervisor.exit_code("family") == -signal.SIGTERM
+    assert [supervisor.exit_code(name) for name in names] == [0] * len(names)

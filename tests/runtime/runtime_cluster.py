@@ -4,8 +4,9 @@ A `Cluster` is three sidecars (roles a, b, c; tests/runtime/runtime_choreographi
 by module name) each next to its own tiny service (tests/runtime/tiny_service.py), every
 process with its own SQLite file and log under the test's tmp dir. Ports are picked by binding
 port 0 and stay fixed for the cluster's life, so a killed process restarts where its peers
-expect it. `Cluster.stop` (and `Process.stop`) end every process: SIGTERM, then SIGKILL after
-a grace period; the fixtures in conftest.py call them whatever the test's outcome.
+expect it. Each process runs on `launch`'s process backend; `Cluster.stop` (and `Process.stop`)
+end every process: SIGTERM, then SIGKILL after a grace period; the fixtures in conftest.py call
+them whatever the test's outcome.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import contextlib
 import os
 import signal
 import ssl
-import subprocess
 import sys
 import time
 import urllib.request
@@ -26,7 +26,8 @@ import aiohttp
 
 from accompanist_py import certs
 from accompanist_py.tls import TLSFiles
-from launch import free_port
+from launch import ProcessSpec, free_port
+from launch.process import HostProcess, ProcessBackend
 
 RUNTIME_TESTS = Path(__file__).resolve().parent
 REPO = RUNTIME_TESTS.parents[1]
@@ -44,24 +45,20 @@ def child_env() -> dict[str, str]:
 
 
 class Process:
-    """One child process writing to its own log file."""
+    """One child process (a :class:`launch.process.HostProcess`: its own process group, every
+    descendant signalled and reaped with it) appending to its own log file."""
 
     def __init__(self, name: str, argv: list[str], log: Path) -> None:
         self.name = name
         self.argv = argv
         self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: HostProcess | None = None
+        self._starts = 0
 
     def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                self.argv,
-                cwd=REPO,
-                env=child_env(),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        self._starts += 1
+        spec = ProcessSpec(self.name, self.argv, env=child_env(), cwd=REPO)
+        self.proc = ProcessBackend().launch(spec, self.log, self._starts)
 
     @property
     def returncode(self) -> int | None:
@@ -77,23 +74,15 @@ class Process:
 
     def kill(self) -> None:
         """kill -9, as a crash would."""
-        if self.alive():
-            assert self.proc is not None
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            self.proc.stop(signal.SIGKILL, 0.0)
 
     def stop(self, grace_s: float = 5.0) -> int | None:
         """SIGTERM, then SIGKILL if it is still running after `grace_s`; returns the exit code."""
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(grace_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        self.proc.stop(signal.SIGTERM, grace_s)
+        return self.proc.poll()
 
     async def wait_exit(self, deadline_s: float) -> int | None:
         """Wait (polling, without blocking the loop) until the process exits; its code or None."""
@@ -315,17 +304,10 @@ path = "sidecar-{role}.db"
         """SIGTERM every process at once, SIGKILL what is left after `grace_s`; never raises."""
         procs = [p.proc for p in [*self.sidecars.values(), *self.services.values()] if p.proc]
         for proc in procs:
-            with contextlib.suppress(OSError):
-                proc.send_signal(signal.SIGTERM)
+            proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + grace_s
         for proc in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(max(0.0, deadline - time.monotonic()))
-        for proc in procs:
-            if proc.poll() is None:
-                with contextlib.suppress(OSError):
-                    proc.kill()
-                proc.wait()
+            proc.stop(signal.SIGTERM, max(0.0, deadline - time.monotonic()))
 
     def logs(self) -> str:
         return "\n".join(p.tail() for p in [*self.sidecars.values(), *self.services.values()])

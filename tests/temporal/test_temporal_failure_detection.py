@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import subprocess
+import signal
 import sys
 import tomllib
 from collections.abc import AsyncIterator, Iterator
@@ -27,6 +27,8 @@ from accompanist_py.sidecar.config import parse
 from baselines.temporal.activities import ACTIVITY_NAME, CALL_POLICY, ServiceCall
 from baselines.temporal.devserver import DevServer
 from bench.systems.accompanist import sidecar_config
+from launch import ProcessSpec
+from launch.process import HostProcess, ProcessBackend
 
 CALLS_QUEUE = "failure-detection-calls"
 FLOWS_QUEUE = "failure-detection-flows"
@@ -112,19 +114,13 @@ async def _serving(service: _Service) -> AsyncIterator[str]:
 
 
 @contextlib.contextmanager
-def _activity_worker(target: str, url: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-c", WORKER, target, url, CALLS_QUEUE],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+def _activity_worker(target: str, url: str, log: Path) -> Iterator[HostProcess]:
+    argv = [sys.executable, "-c", WORKER, target, url, CALLS_QUEUE]
+    process = ProcessBackend().launch(ProcessSpec("activity-worker", argv), log, 1)
     try:
         yield process
     finally:
-        process.kill()
-        process.wait()
+        process.stop(signal.SIGKILL, 0.0)
 
 
 async def _started(client: Client, workflow_id: str) -> Any:
@@ -163,7 +159,7 @@ async def test_a_killed_workers_call_is_given_up_after_the_heartbeat_timeout(
         )
         with _activity_worker(temporal_server.target, url, tmp_path / "first.log") as first:
             await asyncio.wait_for(service.first_call.wait(), 60)
-            first.kill()
+            first.stop(signal.SIGKILL, 0.0)
         with _activity_worker(temporal_server.target, url, tmp_path / "second.log"):
             result = await asyncio.wait_for(handle.result(), 60)
         started = await _started(client, "killed-worker")

@@ -22,7 +22,7 @@ from temporalio.client import Client
 
 from baselines.temporal.devserver import DevServer
 from baselines.temporal.starter import run_saga
-from baselines.temporal.testing import running_processes
+from baselines.temporal.testing import running_workers
 from baselines.temporal.worker import CONFIGS, deployment, running_worker, task_queue
 from baselines.temporal.workflows import WORKFLOWS
 from workloads import discover
@@ -47,11 +47,16 @@ async def temporal_client(
     client = await Client.connect(server.target, namespace=server.namespace)
     if tuning.per_service_workers:
         plan = deployment(config, workload, urls, server.target, server.namespace)
-        commands = [(f"worker-{w.service}", w.argv) for w in plan.workers]
-        with running_processes(commands, logdir) as workers:
+        workers = running_workers(plan.workers, logdir)
+        # Started and stopped in a thread: the services' and the server's clients share this loop.
+        supervisor = await asyncio.to_thread(workers.__enter__)
+        try:
             yield client
+        finally:
+            await asyncio.to_thread(workers.__exit__, None, None, None)
         # SIGTERM must shut a worker down cleanly, not crash the SDK at interpreter exit.
-        assert {name: p.returncode for name, p in workers.items()} == {name: 0 for name in workers}
+        codes = {name: supervisor.exit_code(name) for name in supervisor.names()}
+        assert codes == {name: 0 for name in codes}
     else:
         queue = task_queue(tuning, workload)
         async with running_worker(client, tuning, twin, urls, host_workflows=True, queue=queue):

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import time
 import urllib.request
 
-from launch import free_port
+from launch import ProcessSpec, Supervisor, free_port
 from workloads.consistency import fetch_states
 from workloads.launch import running_services_sync, service_command
 from workloads.warehouse.data import ITEMS, SOLD_OUT_ITEMS
@@ -119,18 +116,8 @@ def test_a_restarted_service_keeps_its_data_and_does_not_reseed(tmp_path):
 def test_sigterm_stops_a_service_cleanly(tmp_path):
     port = free_port()
     command = service_command(WORKLOAD, "loyalty", port, tmp_path / "loyalty.db", 1, 10, 0.1)
-    proc = subprocess.Popen(command)
-    try:
-        while True:
-            assert proc.poll() is None, "the service died while starting"
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    health = f"http://127.0.0.1:{port}/health"
+    with Supervisor(tmp_path) as supervisor:
+        supervisor.start(ProcessSpec("loyalty", command, health_url=health, stop_grace_s=10))
+        supervisor.stop("loyalty")
+        assert supervisor.exit_code("loyalty") == 0
