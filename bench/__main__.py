@@ -21,7 +21,7 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from bench import analysis, plots, report, scaffold
 from bench.matrix import MATRICES, SCENARIOS, SWEEPS, SYSTEMS, Plan, Sweep
@@ -145,11 +145,20 @@ class FlagError(Exception):
 _CELL_FLAGS = ("scenario", "rate", "duration", "abort_rate", "repetitions")
 
 
-def _where(args: argparse.Namespace) -> tuple[str, float | None]:
-    """The backend and CPU limit the flags name (a limit needs containers)."""
-    if args.cpus is not None and args.backend != "docker":
-        raise FlagError("--cpus limits containers: give --backend docker too")
-    return args.backend, args.cpus
+def _backend_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """Plan fields from --backend, --cpus and --image; refused before anything runs when the
+    docker backend cannot run here, rather than as a failure of every cell."""
+    if args.backend != "docker":
+        if args.cpus is not None or args.image is not None:
+            raise FlagError("--cpus and --image are for containers: give --backend docker too")
+        return {"backend": args.backend}
+    if not args.dry_run:
+        from launch.container import image_available
+
+        problem = image_available(args.image) if args.image else image_available()
+        if problem is not None:
+            raise FlagError(f"--backend docker cannot run: {problem}")
+    return {"backend": "docker", "cpus": args.cpus, "image": args.image}
 
 
 def plan_of_run(args: argparse.Namespace) -> Plan:
@@ -187,14 +196,14 @@ def plan_of_run(args: argparse.Namespace) -> Plan:
     label = "+".join([*names, *args.sweep])
     if not args.matrix and not args.sweep and any(getattr(args, f) for f in _CELL_FLAGS):
         label = "custom"
-    return Plan(args.name or label, matrices, sweeps, *_where(args))
+    return Plan(args.name or label, matrices, sweeps, **_backend_flags(args))
 
 
 def plan_of_sweep(args: argparse.Namespace) -> Plan:
     """The one sweep that ``bench sweep``'s flags name."""
     durations = [args.duration] if args.duration else []
     sweep = _varied_sweep(SWEEPS[args.sweep_name], args, args.rates, durations, [])
-    return Plan(args.name or f"sweep-{sweep.name}", (), (sweep,), *_where(args))
+    return Plan(args.name or f"sweep-{sweep.name}", (), (sweep,), **_backend_flags(args))
 
 
 def _varied_sweep(
@@ -315,7 +324,11 @@ def _add_selection(parser: argparse.ArgumentParser) -> None:
         "--cpus",
         type=_positive(float),
         metavar="N",
-        help="with --backend docker: at most N cores per container, to model separate machines",
+        help="with --backend docker: at most N cores per container, to model separate machines "
+        "(the latency proxy, part of the harness, is not limited)",
+    )
+    parser.add_argument(
+        "--image", help="with --backend docker: the image to run (default: accompanist)"
     )
 
 

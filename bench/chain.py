@@ -184,6 +184,7 @@ def deployed(cd: CellDir, workload: Workload, system: str) -> Iterator[Deploymen
                 "proxy",
                 [*argv, f"{control[0]}:{control[1]}"],
                 ports=[*(link.listen_port for link in links.values()), control[1]],
+                harness=True,
             )
         )
         direct = {s: f"http://127.0.0.1:{ports[f'service:{s}']}" for s in workload.services}

@@ -240,8 +240,10 @@ class FaultInjector:
             return
         pause = fault.action == "pause"
         try:
-            (self._supervisor.pause if pause else self._supervisor.kill)(process)
+            # When the strike was ordered: on the docker backend the call itself takes a few
+            # tens of milliseconds, and the victim is gone or frozen from its start.
             row["kill_time"] = time.time()
+            (self._supervisor.pause if pause else self._supervisor.kill)(process)
             # Restart (resume) even when asked to stop, so that teardown finds the system whole.
             self._stop.wait(max(0.0, t0 + fault.restart_at_s - time.time()))
             row["restart_time"] = time.time()

@@ -161,7 +161,7 @@ class Cell:
     """One run of one workload on one system in one scenario.
 
     ``backend`` says where its processes run (``process``: on the host; ``docker``: a container
-    each, capped at ``cpus`` cores if given); a plan sets it for all of its cells.
+    each of ``image``, capped at ``cpus`` cores if given); a plan sets it for all of its cells.
     """
 
     workload: str
@@ -170,6 +170,7 @@ class Cell:
     rep: int
     backend: str = "process"
     cpus: float | None = None
+    image: str | None = None
 
     @property
     def label(self) -> str:
@@ -323,13 +324,15 @@ class Sweep:
 @dataclass(frozen=True)
 class Plan:
     """What one ``bench run`` puts into one run folder: the cells of its matrices, then sweeps,
-    every one on ``backend`` (with ``cpus`` per container on the docker backend)."""
+    every one on ``backend`` (containers of ``image``, with ``cpus`` each, on the docker
+    backend)."""
 
     name: str
     matrices: tuple[Matrix, ...] = ()
     sweeps: tuple[Sweep, ...] = ()
     backend: str = "process"
     cpus: float | None = None
+    image: str | None = None
 
     def cells(self) -> list[Cell]:
         """Every matrix's cells in order; a cell that two matrices share runs once."""
@@ -366,9 +369,9 @@ _QUICK_CRASHES = CrashPlan(
 # crashes in 45 s, the first after warm-up. A kind a system does not have (accompanist_py has no
 # server) is reported as not applicable, and that cell gets no ratio.
 _CRASH_EVERY = CrashPlan(every_s=8.0, downtime_s=2.0, seed=7, first_s=10.0)
-# A gray failure, every state holder a candidate: frozen for 2 s every 8 s, five in 45 s.
-_PAUSES = CrashPlan(every_s=8.0, downtime_s=2.0, targets=("runtime", "service", "server"),
-                    seed=7, first_s=10.0, actions=("pause",))  # fmt: skip
+# A gray failure: frozen for 2 s every 8 s, five in 45 s; one kind of victim per scenario, as for
+# crashes, so that each cost is seen apart and a system without a server still gets ratios.
+_PAUSES = dataclasses.replace(_CRASH_EVERY, actions=("pause",))
 _CRASH_KINDS = {"runtime": ("runtime",), "server": ("server",), "service": ("service",)}
 _CRASH_WHAT = {
     "runtime": "a runtime (a sidecar; a Temporal worker; the Restate handler process; the "
@@ -405,12 +408,15 @@ SCENARIOS: dict[str, Scenario] = {
                    dataclasses.replace(_QUICK_CRASHES, targets=targets),
                    description=f"smoke: three zones, kill -9 {_CRASH_WHAT[kind]} every 8 s")
           for kind, targets in _CRASH_KINDS.items()),
-        Scenario("three-zones-pauses", "three-zones", _LATENCY_LOAD, 45, 5.0, _PAUSES,
-                 description="three zones; pause (freeze, then resume) a runtime, service or "
-                 "server every 8 s for 2 s: a peer alive but silent"),
-        Scenario("three-zones-pauses-quick", "three-zones", _QUICK_LOAD, 20, 5.0,
-                 dataclasses.replace(_PAUSES, every_s=6.0, first_s=6.0),
-                 description="smoke: three zones, a pause every 6 s"),
+        *(Scenario(f"three-zones-{kind}-pauses", "three-zones", _LATENCY_LOAD, 45, 5.0,
+                   dataclasses.replace(_PAUSES, targets=targets),
+                   description=f"three zones; pause (freeze, then resume) {_CRASH_WHAT[kind]} "
+                   "every 8 s for 2 s: alive but silent")
+          for kind, targets in _CRASH_KINDS.items()),
+        *(Scenario(f"three-zones-{kind}-pauses-quick", "three-zones", _QUICK_LOAD, 20, 5.0,
+                   dataclasses.replace(_PAUSES, targets=targets, every_s=6.0, first_s=6.0),
+                   description=f"smoke: three zones, pause {_CRASH_WHAT[kind]} every 6 s")
+          for kind, targets in _CRASH_KINDS.items()),
         Scenario("three-zones-tls", "three-zones", _LATENCY_LOAD, 60, 10.0, tls=True,
                  description="three zones, no crashes, mutual TLS on every link a system "
                  "can encrypt (Temporal's dev-server frontend cannot: it stays plaintext)"),
@@ -466,11 +472,19 @@ MATRICES: dict[str, Matrix] = {
         ),
         Matrix(
             "pauses",
-            "three zones, a runtime, service or server paused for 2 s every 8 s (a gray "
-            "failure): {warehouse, hotel} x every system",
+            "three zones, a runtime or a service paused for 2 s every 8 s (a gray failure): "
+            "{warehouse, hotel} x every system",
             _BOTH,
             _ALL_SYSTEMS,
-            (SCENARIOS["three-zones-pauses"],),
+            (SCENARIOS["three-zones-runtime-pauses"], SCENARIOS["three-zones-service-pauses"]),
+        ),
+        Matrix(
+            "server-pauses",
+            "three zones, the orchestrator's server paused for 2 s every 8 s: warehouse x every "
+            "system",
+            ("warehouse",),
+            _ALL_SYSTEMS,
+            (SCENARIOS["three-zones-server-pauses"],),
         ),
         Matrix(
             "default",

@@ -300,7 +300,7 @@ def run_cell(run_dir: Path, cell: Cell, progress: Callable[[str], None] = print)
 
     # The proxy's control port: the probe asks it how late it released the cell's traffic.
     proxy_control = ("127.0.0.1", next(free)) if links else None
-    with Supervisor(cd.path, backend=cell.backend, cpus=cell.cpus) as sup:
+    with Supervisor(cd.path, backend=cell.backend, cpus=cell.cpus, image=cell.image) as sup:
         if links and proxy_control is not None:
             proxied = [*links.values(), *probe.twins]
             links_file = write_links_file(proxied, cd.path / "links.toml")
@@ -310,6 +310,7 @@ def run_cell(run_dir: Path, cell: Cell, progress: Callable[[str], None] = print)
                     "proxy",
                     [PY, "-m", "bench.proxy", "--links", str(links_file), "--control", control],
                     ports=[*(link.listen_port for link in proxied), proxy_control[1]],
+                    harness=True,
                 )
             )
         scheme = "https" if creds is not None else "http"
@@ -427,8 +428,9 @@ def run_cell(run_dir: Path, cell: Cell, progress: Callable[[str], None] = print)
                 "scenario": scenario.name,
                 "rep": cell.rep,
                 "topology": topo.name,
-                "backend": cell.backend,
-                "cpus_per_process": cell.cpus,
+                # Where the processes ran: backend (process or docker), and for containers
+                # the image and its id, the Docker version and the CPU limit per process.
+                **sup.backend_facts(),
                 "floor_ms": network_floor(cell.system, wl, topo),
                 "placement": placement,
                 "load": scenario.load.__dict__,
@@ -617,6 +619,7 @@ def run_plan(
         # stays on the host either way).
         "backend": plan.backend,
         "cpus_per_process": plan.cpus,
+        "image": plan.image,
         "seed": SEED,
         "size": SIZE,
         "abort_rate": "per scenario, in each cell.json",
@@ -638,7 +641,7 @@ def run_plan(
 
     def run_one(run_dir: Path, cell: Cell, progress: Callable[[str], None]) -> CellDir:
         print(f"[{cell.label}] (elapsed {time.monotonic() - started:.0f} s)", flush=True)
-        cell = replace(cell, backend=plan.backend, cpus=plan.cpus)
+        cell = replace(cell, backend=plan.backend, cpus=plan.cpus, image=plan.image)
         try:
             return run(run_dir, cell, progress)
         except CELL_FAILURES as exc:

@@ -37,6 +37,8 @@ import psutil
 
 from launch.spec import DeployError, ProcessSpec
 
+# The image a container runs unless told otherwise (bench run --image, Supervisor(image=...));
+# ACCOMPANIST_IMAGE sets it for a whole test session.
 DEFAULT_IMAGE = os.environ.get("ACCOMPANIST_IMAGE", "accompanist")
 SOURCE = Path(__file__).resolve().parents[1]  # the project's source tree
 LABEL_SUPERVISOR = "accompanist.supervisor"
@@ -79,7 +81,8 @@ class Container:
     def __init__(self, container: Any) -> None:
         self._container = container
         self._exit: int | None = None
-        self._removed = False
+        self._sent: set[int] = set()  # signals delivered to this run
+        self._last_signal: int | None = None
         container.reload()
         pid = int(container.attrs["State"].get("Pid") or 0)
         self._init: psutil.Process | None = None
@@ -96,12 +99,21 @@ class Container:
         # The host's view of the container's init is enough while it lives: no API call per
         # poll, which health waits make every 50 ms.
         with contextlib.suppress(psutil.Error):
-            if self._init is not None and self._init.status() != psutil.STATUS_ZOMBIE:
+            if (
+                self._init is not None
+                and self._init.is_running()  # also: not a reused pid
+                and self._init.status() != psutil.STATUS_ZOMBIE
+            ):
                 return None
         try:
-            self._exit = int(self._container.wait(timeout=10)["StatusCode"])
+            code = int(self._container.wait(timeout=10)["StatusCode"])
         except Exception:
-            self._exit = -1
+            code = -1
+        # As a host process reports it: a run ended by a signal we sent is -signal, so that
+        # exit codes mean the same on both backends (the container says 128 + signal).
+        if code - 128 in self._sent:
+            code = -(code - 128)
+        self._exit = code
         return self._exit
 
     def processes(self) -> list[psutil.Process]:
@@ -115,10 +127,13 @@ class Container:
     def send_signal(self, sig: int) -> None:
         if self.poll() is not None:
             return
-        with contextlib.suppress(Exception):
-            if sig != signal.SIGKILL:
+        if sig != signal.SIGKILL:
+            with contextlib.suppress(Exception):
                 self.resume()  # a frozen process cannot act on a signal
+        with contextlib.suppress(Exception):
             self._container.kill(signal=signal.Signals(sig).name)
+            self._sent.add(sig)
+        self._last_signal = sig
 
     def pause(self) -> None:
         if self.poll() is None:
@@ -130,21 +145,23 @@ class Container:
             self._container.unpause()
 
     def stop(self, sig: int, grace_s: float) -> None:
-        if self._removed:
+        """As for a host process; the stopped container stays until the backend closes, so
+        that a crash costs a SIGKILL and nothing else (no removal on the restart's path)."""
+        if self._exit is not None:
             return
         with contextlib.suppress(Exception):
             self.resume()  # docker refuses to signal a paused container
         if sig != signal.SIGKILL:
-            self.send_signal(sig)
+            if sig != self._last_signal:  # not asked already (stop_all signals everyone first)
+                self.send_signal(sig)
             deadline = time.monotonic() + grace_s
             while self.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.05)
-        with contextlib.suppress(Exception):
-            self._container.kill(signal="SIGKILL")
-        self.poll()
-        with contextlib.suppress(Exception):
-            self._container.remove(force=True)
-        self._removed = True
+        if self.poll() is None:
+            with contextlib.suppress(Exception):
+                self._container.kill(signal="SIGKILL")
+                self._sent.add(signal.SIGKILL)
+            self.poll()
 
 
 class ContainerBackend:
@@ -153,9 +170,8 @@ class ContainerBackend:
 
     name = "docker"
 
-    def __init__(
-        self, run_dir: Path, image: str = DEFAULT_IMAGE, cpus: float | None = None
-    ) -> None:
+    def __init__(self, run_dir: Path, image: str | None = None, cpus: float | None = None) -> None:
+        image = image or DEFAULT_IMAGE
         problem = image_available(image)
         if problem is not None:
             raise DeployError(f"the docker backend cannot run: {problem}")
@@ -169,6 +185,17 @@ class ContainerBackend:
         self._harness = f"{me.pid}:{me.create_time():.3f}"
         remove_orphans(self._client)
 
+    def facts(self) -> dict[str, object]:
+        """What the results must say about where their processes ran."""
+        image = self._client.images.get(self.image)
+        return {
+            "backend": self.name,
+            "image": self.image,
+            "image_id": image.id,
+            "docker_version": self._client.version().get("Version"),
+            "cpus_per_process": self.cpus,
+        }
+
     def launch(self, spec: ProcessSpec, log_path: Path, incarnation: int) -> Container:
         argv = ["python" if arg == sys.executable else str(arg) for arg in spec.argv]
         env = {
@@ -178,7 +205,12 @@ class ContainerBackend:
                 p for p in (str(SOURCE), spec.env.get("PYTHONPATH", "")) if p
             ),
             "ACCOMPANIST_LOG": str(log_path.resolve()),
+            # The harness's uid has no entry in the image's /etc/passwd: programs that look up
+            # their user or home (Temporal's dev server does) find these instead.
+            "USER": spec.env.get("USER", "accompanist"),
+            "HOME": spec.env.get("HOME", "/tmp"),
         }
+        cwd = Path(spec.cwd or Path.cwd()).resolve()
         # Docker mounts a parent before the paths inside it, so a run folder inside the source
         # tree (results/) is writable within the read-only tree.
         volumes = {
@@ -187,7 +219,7 @@ class ContainerBackend:
         }
         volumes |= {
             str(path): {"bind": str(path), "mode": "ro"}
-            for path in _host_paths([*spec.argv, *spec.env.values()], [self.run_dir])
+            for path in _host_paths([*spec.argv, *spec.env.values(), str(cwd)], [self.run_dir])
         }
         try:
             container = self._client.containers.run(
@@ -201,9 +233,9 @@ class ContainerBackend:
                 user=f"{os.getuid()}:{os.getgid()}",
                 environment=env,
                 volumes=volumes,
-                working_dir=str(spec.cwd or SOURCE),
+                working_dir=str(cwd),  # relative paths mean what they mean on the host
                 labels={LABEL_SUPERVISOR: self.supervisor_id, LABEL_HARNESS: self._harness},
-                nano_cpus=int(self.cpus * 1e9) if self.cpus else None,
+                nano_cpus=int(self.cpus * 1e9) if self.cpus and not spec.harness else None,
                 # The image's health check asks a sidecar on its configured port: a container
                 # of the harness is watched by the supervisor instead, and a probe process
                 # every few seconds would only add noise to the measurements.
@@ -216,11 +248,13 @@ class ContainerBackend:
 
     def close(self) -> None:
         """Remove every container of this supervisor that is still there."""
-        for container in self._client.containers.list(
-            all=True, filters={"label": f"{LABEL_SUPERVISOR}={self.supervisor_id}"}
-        ):
-            with contextlib.suppress(Exception):
-                container.remove(force=True)
+        with contextlib.suppress(Exception):
+            for container in self._client.containers.list(
+                all=True, filters={"label": f"{LABEL_SUPERVISOR}={self.supervisor_id}"}
+            ):
+                with contextlib.suppress(Exception):
+                    container.remove(force=True)
+        self._client.close()
 
 
 def remove_orphans(client: Any) -> list[str]:

@@ -104,6 +104,10 @@ class ProcessBackend:
             )
         return HostProcess(proc)
 
+    def facts(self) -> dict[str, object]:
+        """What the results must say about where their processes ran."""
+        return {"backend": self.name}
+
     def close(self) -> None:
         """Nothing outlives :meth:`HostProcess.stop`."""
 

@@ -29,7 +29,9 @@ class ProcessSpec:
     client certificate), else ``ready_line`` printed by this incarnation (a process with no
     port, such as a Temporal worker, says when it polls), else every one of ``ports`` accepting
     TCP (e.g. a latency proxy hosting many links), else just being alive. ``ports`` are checked
-    to be free after teardown.
+    to be free after teardown. A ``harness`` process is part of the measuring apparatus (the
+    latency proxy), not of the system measured: a CPU limit on the system's containers does not
+    apply to it.
     """
 
     name: str
@@ -42,6 +44,7 @@ class ProcessSpec:
     ready_line: str | None = None
     startup_timeout_s: float = 60.0
     stop_grace_s: float = 5.0
+    harness: bool = False
 
 
 class Incarnation(Protocol):
@@ -79,6 +82,11 @@ class Backend(Protocol):
 
     def launch(self, spec: ProcessSpec, log_path: Path, incarnation: int) -> Incarnation:
         """Start ``spec``, its output appended to ``log_path``; ``incarnation`` counts from 1."""
+        ...
+
+    def facts(self) -> dict[str, object]:
+        """Where the processes run, for the results: ``backend`` and what else identifies it
+        (the image and its id, the Docker version, the CPU limit)."""
         ...
 
     def close(self) -> None:

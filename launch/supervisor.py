@@ -53,8 +53,11 @@ class _Running:
         return self.run is not None and self.run.poll() is None
 
 
-def make_backend(name: str, run_dir: Path, cpus: float | None = None) -> Backend:
-    """The backend called ``name`` (one of :data:`BACKENDS`) for a run folder."""
+def make_backend(
+    name: str, run_dir: Path, cpus: float | None = None, image: str | None = None
+) -> Backend:
+    """The backend called ``name`` (one of :data:`BACKENDS`) for a run folder; ``image`` and
+    ``cpus`` are the docker backend's."""
     if name == "process":
         if cpus is not None:
             raise ValueError("a CPU limit per process needs the docker backend")
@@ -62,15 +65,15 @@ def make_backend(name: str, run_dir: Path, cpus: float | None = None) -> Backend
     if name == "docker":
         from launch.container import ContainerBackend
 
-        return ContainerBackend(run_dir, cpus=cpus)
+        return ContainerBackend(run_dir, image=image, cpus=cpus)
     raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS}")
 
 
 class Supervisor:
     """Runs the named processes of one run folder. Use as a context manager.
 
-    ``backend`` is ``"process"`` (host processes) or ``"docker"`` (a container each, with
-    ``cpus`` of CPU quota if given).
+    ``backend`` is ``"process"`` (host processes) or ``"docker"`` (a container each of
+    ``image``, with ``cpus`` of CPU quota if given).
     """
 
     def __init__(
@@ -79,8 +82,10 @@ class Supervisor:
         sample_interval_s: float = 1.0,
         backend: str = "process",
         cpus: float | None = None,
+        image: str | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
+        self.image = image
         self.log_dir = self.run_dir / "logs"
         self.backend_name, self.cpus = backend, cpus
         self._backend: Backend | None = None
@@ -93,7 +98,7 @@ class Supervisor:
 
     def __enter__(self) -> Supervisor:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        self._backend = make_backend(self.backend_name, self.run_dir, self.cpus)
+        self._backend = make_backend(self.backend_name, self.run_dir, self.cpus, self.image)
         atexit.register(self.stop_all)
         if threading.current_thread() is threading.main_thread():
             # SIGTERM to the harness becomes SystemExit, so __exit__ runs and tears down.
@@ -129,6 +134,12 @@ class Supervisor:
             if held[0] == signal.SIGINT:
                 raise KeyboardInterrupt
             raise SystemExit(128 + held[0])
+
+    def backend_facts(self) -> dict[str, object]:
+        """Where the processes run (:meth:`launch.spec.Backend.facts`), for the results."""
+        if self._backend is None:
+            raise DeployError("the supervisor is not running: use it as a context manager")
+        return self._backend.facts()
 
     def names(self) -> list[str]:
         """Names of every process started so far (running or not)."""

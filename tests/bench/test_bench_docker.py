@@ -23,7 +23,7 @@ from launch.container import LABEL_HARNESS, image_available
 pytestmark = [pytest.mark.docker]
 _missing = image_available()
 if _missing is not None:
-    pytest.skip(f"docker backend tests: {_missing}", allow_module_level=True)
+    pytest.skip(f"docker tests skipped: {_missing}", allow_module_level=True)
 
 # A crash at 4 s, a pause at 9 s, each for 1.5 s, of the process that holds the runtime.
 KILL_PAUSE = Scenario(

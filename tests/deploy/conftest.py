@@ -10,12 +10,6 @@ import pytest
 from docker_env import IMAGE, docker_missing
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "docker: needs a Docker daemon, docker-compose and the image (make image)"
-    )
-
-
 @pytest.fixture
 def docker_ready() -> str:
     """The image's name; skips the test, in one line, where docker tests cannot run."""

@@ -5,32 +5,26 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 
+from launch.container import DEFAULT_IMAGE, image_available
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
-IMAGE = os.environ.get("ACCOMPANIST_IMAGE", "accompanist")
+IMAGE = DEFAULT_IMAGE  # ACCOMPANIST_IMAGE names another
 
 
 @functools.cache
 def docker_missing() -> str | None:
-    """Why the docker tests cannot run here, or None."""
-    if shutil.which("docker") is None:
-        return "no docker client on PATH"
-    try:
-        subprocess.run(["docker", "info"], capture_output=True, check=True, timeout=20)
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
-        return "no Docker daemon (docker info failed)"
+    """Why the docker tests cannot run here (no daemon, no image, no docker-compose), or None."""
+    problem = image_available(IMAGE)
+    if problem is not None:
+        return problem
     if shutil.which("docker-compose") is None:
         return "no docker-compose on PATH (apt-get install docker-compose)"
-    found = subprocess.run(["docker", "image", "inspect", IMAGE], capture_output=True, timeout=20)
-    if found.returncode != 0:
-        return f"no image {IMAGE!r} (make image, or set ACCOMPANIST_IMAGE)"
     return None
 
 
