@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import time
 import uuid
@@ -20,10 +21,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from accompanist_py import failpoints
+from accompanist_py import events, failpoints
 from accompanist_py.backoff import Backoff
 from accompanist_py.choreography import Registry
 from accompanist_py.errors import ChoreographyError, Overloaded, ReplayDivergenceError
+from accompanist_py.events import Event, Timeline
 from accompanist_py.message import (
     Control,
     Kind,
@@ -73,6 +75,10 @@ class NodeConfig:
     prune_interval_s: float = 30.0
     # Final decisions are off the critical path: let them wait this long to share a request.
     decision_linger_s: float = 0.02
+    # The session timeline (accompanist_py.events): on or off, and its bound per session
+    # and role (past it, one `truncated` event and no more).
+    events_enabled: bool = True
+    max_events_per_session: int = events.DEFAULT_LIMIT
 
     def __post_init__(self) -> None:
         if self.retention_s > self.record_retention_s:
@@ -95,6 +101,7 @@ class NodeConfig:
             self.max_sessions,
             self.max_store_backlog,
             self.max_outbox_per_peer,
+            self.max_events_per_session,
         )
         if min(limits) <= 0:
             raise ValueError("limits must be positive")
@@ -155,6 +162,12 @@ class Node:
         self.service = service or NoService()
         self.config = config or NodeConfig()
         self.metrics = NodeMetrics()
+        self.events = Timeline(
+            self.store,
+            clock,
+            enabled=self.config.events_enabled,
+            limit=self.config.max_events_per_session,
+        )
         self.sessions: dict[tuple[str, str], RoleSession] = {}
         self.outbox = Outbox(
             transport,
@@ -239,11 +252,21 @@ class Node:
             rec.restarts += 1
             self.store.save_session(rec)
             self.metrics.sessions_recovered.inc()
+            self._note_recovery(rec)
             try:
                 self._spawn(rec)
             except Exception as exc:
                 self.sessions.pop(key, None)
                 self._quarantine(key, f"cannot rebuild the session: {exc!r}"[:500])
+
+    def _note_recovery(self, rec: SessionRecord) -> None:
+        """The timeline of a recovered session: it restarted, and what its replay will serve."""
+        sid, role = rec.session_id, rec.role
+        self.events.record(sid, role, events.RESTART, restarts=rec.restarts, state=rec.state)
+        if rec.state == SessionState.RUNNING:  # only a running part is run again
+            steps = self.store.journal_steps(sid, role)
+            received = len(self.store.inbox(sid, role))
+            self.events.record(sid, role, events.REPLAY, steps=steps, received=received)
 
     def _quarantine(self, key: tuple[str, str], reason: str) -> None:
         """Set a session aside as failed, with its reason; /health and /metrics show it."""
@@ -337,6 +360,14 @@ class Node:
             # whose messages peers have already acted on.
             written = self.store.save_session(rec)
             self.metrics.sessions_started.inc()
+            self.events.record(
+                sid,
+                chor.initiator,
+                events.STARTED,
+                choreography=chor.name,
+                origin="client",
+                by=owner,
+            )
             self._spawn(rec, ready=written)
             await written
         else:
@@ -375,6 +406,52 @@ class Node:
                     running.stuck if running is not None else None,
                 )
         raise KeyError(session_id)
+
+    async def session_events(
+        self, session_id: str, *, owner: str | None = None
+    ) -> dict[str, list[Event]]:
+        """The timeline of a session at every role hosted here that knows it: {role: events}.
+
+        Raises KeyError for a session unknown here, or not `owner`'s (as `status` does).
+        """
+        found: dict[str, list[Event]] = {}
+        for role in self.roles:
+            rec = self.store.session(session_id, role)
+            if rec is not None and _owns(owner, rec):
+                found[role] = await self.events.read(session_id, role)
+        if not found:
+            raise KeyError(session_id)
+        return found
+
+    def recent_sessions(
+        self, *, owner: str | None = None, state: str | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        """The newest sessions here that `owner` may see, with their state at each hosted role.
+
+        Each is {"session_id", "choreography", "created", "updated", "roles": {role: state}}
+        (a running session's last durable state), newest first by start time; with `state`,
+        only sessions in that state at some role. Scans every record held (within
+        `record_retention_s`): for an inspector, not a hot path.
+        """
+        grouped: dict[str, dict[str, Any]] = {}
+        for (sid, role), rec in self.store.sessions.items():
+            if role not in self.roles or not _owns(owner, rec):
+                continue
+            running = self.sessions.get((sid, role))
+            at = running.durable[0] if running is not None else rec.state
+            entry = grouped.get(sid)
+            if entry is None:
+                entry = grouped[sid] = {
+                    "session_id": sid,
+                    "choreography": rec.choreography,
+                    "created": rec.created,
+                    "updated": rec.updated,
+                    "roles": {},
+                }
+            entry["updated"] = max(entry["updated"], rec.updated)
+            entry["roles"][role] = at
+        chosen = [e for e in grouped.values() if state is None or state in e["roles"].values()]
+        return heapq.nlargest(limit, chosen, key=lambda e: (e["created"], e["session_id"]))
 
     def _spawn(self, rec: SessionRecord, ready: Awaitable[None] | None = None) -> RoleSession:
         session = RoleSession(self, rec, self.registry.get(rec.choreography))
@@ -433,6 +510,7 @@ class Node:
                     "state only inside op.locally/op.call)"
                 )
             return  # already queued by recovery, or already acknowledged
+        self._note_sent(msg)
         failpoints.hit("before_send")
         self.release(msg)
 
@@ -440,7 +518,14 @@ class Node:
         """Put a control message in the outbox without sending it; its write, or None if the
         outbox already holds it. `release` sends it once the caller's state is durable."""
         existing, written = self.store.put_outbox(msg)
-        return None if existing is not None else written
+        if existing is not None:
+            return None
+        self._note_sent(msg)
+        return written
+
+    def _note_sent(self, msg: Message) -> None:
+        fields = _message_fields(msg, msg.receiver)
+        self.events.record(msg.session, msg.sender, events.SENT, **fields)
 
     def release(self, msg: Message, *, stored: bool = True) -> None:
         """Hand a message to the outbox (or to a role hosted here).
@@ -637,6 +722,9 @@ class Node:
             return
         self.metrics.messages_received.inc()
         durable.append(written)
+        self.events.record(
+            msg.session, msg.receiver, events.RECEIVED, **_message_fields(msg, msg.sender)
+        )
         if session is not None:
             session.accept(msg)
         elif rec is None:
@@ -691,6 +779,14 @@ class Node:
         # The record goes before the inbox row, in the same batch: no row without its session.
         durable.append(self.store.save_session(rec))
         self.metrics.sessions_started.inc()
+        self.events.record(
+            msg.session,
+            msg.receiver,
+            events.STARTED,
+            choreography=msg.choreography,
+            origin="peer",
+            by=msg.sender,
+        )
         return True
 
     def _check_duplicate(self, msg: Message) -> None:
@@ -704,6 +800,12 @@ class Node:
 
     def on_peer_ready(self, roles: list[str]) -> None:
         self.outbox.wake(roles)
+
+
+def _message_fields(msg: Message, peer: str) -> dict[str, Any]:
+    """A message as the timeline tells it: the other role, its seq and its kind."""
+    kind = Control.NAMES[msg.seq] if msg.kind is Kind.CONTROL else msg.kind.value
+    return {"peer": peer, "seq": msg.seq, "message": kind}
 
 
 def _owns(client: str | None, rec: SessionRecord) -> bool:

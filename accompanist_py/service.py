@@ -17,6 +17,7 @@ import logging
 import ssl
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
@@ -29,11 +30,21 @@ log = logging.getLogger(__name__)
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
+@dataclass
+class CallStats:
+    """What a caller learns about one call besides its result: the attempts it took."""
+
+    attempts: int = 0
+
+
 class ServiceClient(Protocol):
     """Calls operations of the service next to a node."""
 
-    async def call(self, operation: str, payload: Any, key: str) -> Any:
-        """Run `operation` once (idempotently under `key`) and return its JSON result."""
+    async def call(
+        self, operation: str, payload: Any, key: str, stats: CallStats | None = None
+    ) -> Any:
+        """Run `operation` once (idempotently under `key`) and return its JSON result;
+        count every attempt made in `stats`, if given (for the session's timeline)."""
 
     async def close(self) -> None:
         """Release connections."""
@@ -70,12 +81,16 @@ class HttpServiceClient:
             )
         return self._session
 
-    async def call(self, operation: str, payload: Any, key: str) -> Any:
+    async def call(
+        self, operation: str, payload: Any, key: str, stats: CallStats | None = None
+    ) -> Any:
         url = f"{self.base_url}/ops/{operation}"
         started = time.monotonic()
         attempt = 0
         while True:
             attempt += 1
+            if stats is not None:
+                stats.attempts = attempt
             try:
                 async with self._client().post(
                     url, json=payload, headers={IDEMPOTENCY_HEADER: key}
@@ -126,7 +141,11 @@ class LocalServiceClient:
     def __init__(self, handler: Handler) -> None:
         self.handler = handler
 
-    async def call(self, operation: str, payload: Any, key: str) -> Any:
+    async def call(
+        self, operation: str, payload: Any, key: str, stats: CallStats | None = None
+    ) -> Any:
+        if stats is not None:
+            stats.attempts = 1
         result = self.handler(operation, payload, key)
         if inspect.isawaitable(result):
             result = await result
@@ -139,7 +158,9 @@ class LocalServiceClient:
 class NoService:
     """For nodes without a service: any call is a configuration error."""
 
-    async def call(self, operation: str, payload: Any, key: str) -> Any:
+    async def call(
+        self, operation: str, payload: Any, key: str, stats: CallStats | None = None
+    ) -> Any:
         raise ServiceError(operation, 0, "this node has no service configured")
 
     async def close(self) -> None:

@@ -1,6 +1,7 @@
 """One session at one role: run the role's part, then carry out the outcome protocol.
 
-A `RoleSession` is the executor that wires four rooms to its node: the `mailbox` (ordered
+A `RoleSession` is the executor that wires four rooms to its node (and tells the node's
+timeline, `accompanist_py.events`, what happens): the `mailbox` (ordered
 receives, choices), the `journal` (replayable step outcomes, idempotency keys), the
 `transactions` (saga steps and their compensation) and the `outcome` state machine (the
 protocol, in `outcome.py`). Everything the part does goes through the node's store, so that
@@ -22,13 +23,14 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from accompanist_py import failpoints
+from accompanist_py import events, failpoints
 from accompanist_py.choreography import Choreography
-from accompanist_py.errors import BusinessAbort
+from accompanist_py.errors import BusinessAbort, ServiceError, ServiceUnavailableError
 from accompanist_py.located import Located
 from accompanist_py.message import Control, Kind, Message, control_body, decode_value, encode_value
 from accompanist_py.projector import Op
 from accompanist_py.saga import Transaction, commit_key
+from accompanist_py.service import CallStats
 from accompanist_py.session.journal import Journal
 from accompanist_py.session.mailbox import Mailbox
 from accompanist_py.session.outcome import (
@@ -104,17 +106,22 @@ class RoleSession:
         if msg.seq == Control.DONE:
             self._apply(self.outcome.done(msg.sender, body["involved"]))
         elif msg.seq == Control.ABORT:
-            self._apply(self.outcome.veto(msg.sender, body["reason"], body["failed"]))
+            self._apply(self.outcome.veto(msg.sender, body["reason"], body["failed"]), msg.sender)
         elif msg.seq == Control.QUERY:
             self._apply(self.outcome.query(msg.sender))
         elif msg.seq == Control.DECISION:
-            self._apply(self.outcome.decided(Decision.from_body(body)))
+            self._apply(self.outcome.decided(Decision.from_body(body)), msg.sender)
 
     def fail(self, reason: str) -> None:
         """Fail the session from outside its part (a peer refused one of its messages)."""
-        self._apply(self.outcome.part_failed(reason, True, self.mailbox.sent_to))
+        self._apply(self.outcome.part_failed(reason, True, self.mailbox.sent_to), self.role)
 
-    def _apply(self, fx: Effects) -> None:
+    def note(self, kind: str, **fields: Any) -> None:
+        """Record an event of this session here (`accompanist_py.events`)."""
+        self.node.events.record(self.session_id, self.role, kind, **fields)
+
+    def _apply(self, fx: Effects, origin: str | None = None) -> None:
+        """`origin`: whose failure, veto or decision an abort comes from (for the timeline)."""
         """Start carrying out a transition: issue its writes now, queue the rest."""
         if fx is NOTHING:
             return
@@ -127,6 +134,14 @@ class RoleSession:
             self.record.result = encode_value(self._result(fx))
             self._barrier = store.save_session(self.record)
             written = (self.record.state, self.record.result)
+            if fx.state == ABORTING:
+                why = decode_value(self.record.result)
+                self.note(
+                    events.ABORT,
+                    reason=why.get("reason"),
+                    failed=bool(why.get("failed")),
+                    origin=origin or self.role,
+                )
         else:
             written = None
         staged = [self._control(r, seq, body) for r, seq, body in fx.send]
@@ -193,9 +208,41 @@ class RoleSession:
         await self.journal.sync()
         self.node.metrics.service_calls.inc()
         failpoints.hit("before_call")
-        value = await self.node.service.call(operation, payload, key)
+        value = await self.timed_call(operation, payload, key)
         failpoints.hit("after_call")
         return value
+
+    async def timed_call(self, operation: str, payload: Any, key: str) -> Any:
+        """A service call between its `call_start` and `call_end` events."""
+        self.note(events.CALL_START, operation=operation)
+        stats = CallStats()
+        started = time.monotonic()
+        status = "cancelled"
+        try:
+            value = await self.node.service.call(operation, payload, key, stats)
+            status = "ok"
+            return value
+        except BusinessAbort:
+            status = "refused"
+            raise
+        except ServiceError:
+            status = "error"
+            raise
+        except ServiceUnavailableError:
+            status = "unavailable"
+            raise
+        except Exception:
+            status = "error"
+            raise
+        finally:
+            if status != "cancelled" or not self.node.closing:
+                self.note(
+                    events.CALL_END,
+                    operation=operation,
+                    status=status,
+                    attempts=max(1, stats.attempts),
+                    latency_ms=round((time.monotonic() - started) * 1000, 3),
+                )
 
     def _session_headers(self) -> dict[str, Any]:
         """What every message of the session carries: its start time and owner."""
@@ -233,7 +280,7 @@ class RoleSession:
             remaining = self.record.created + waited - self.node.clock()
             self._deadline = asyncio.get_running_loop().call_later(
                 max(0.0, remaining),
-                lambda: self._apply(self.outcome.deadline_passed(waited)),
+                lambda: self._apply(self.outcome.deadline_passed(waited), "deadline"),
             )
 
     async def _run(self, ready: Awaitable[None] | None) -> None:
@@ -316,6 +363,7 @@ class RoleSession:
                 self._apply(self.outcome.query_due())
 
     def _finish(self) -> None:
+        self.note(events.FINISHED, state=self.record.state)
         self.node.store.forget_working_state(self.session_id, self.role)
         if not self.finished.done():
             self.finished.set_result(self.record)

@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from accompanist_py import failpoints
+from accompanist_py import events, failpoints
 from accompanist_py.errors import BusinessAbort, ReplayDivergenceError
 from accompanist_py.message import encode_value
 from accompanist_py.saga import Transaction, TxnState, commit_key, compensation_payload, undo_key
@@ -75,11 +75,16 @@ class Transactions:
 
         try:
             value = await s.journal.step(step, f"txn:{txn.name}", run)
-        except BusinessAbort:
-            store.save_txn(record(TxnState.REFUSED))
+        except BusinessAbort as exc:
+            if prior is None or prior.state != TxnState.REFUSED:
+                store.save_txn(record(TxnState.REFUSED))
+                s.note(
+                    events.REFUSED, transaction=txn.name, operation=txn.commit, reason=exc.reason
+                )
             raise
         if prior is None or prior.state == TxnState.ATTEMPTED:
             store.save_txn(record(TxnState.COMMITTED))
+            s.note(events.COMMITTED, transaction=txn.name, operation=txn.commit)
         return value
 
     async def compensate(self) -> None:
@@ -95,6 +100,7 @@ class Transactions:
             await self._undo(txn)
             txn.state = TxnState.COMPENSATED
             store.save_txn(txn)
+            s.note(events.COMPENSATED, transaction=txn.name, operation=txn.compensate)
 
     async def _undo(self, txn: TxnRecord) -> None:
         s = self.session
@@ -105,7 +111,7 @@ class Transactions:
             attempt += 1
             try:
                 s.node.metrics.service_calls.inc()
-                await s.node.service.call(txn.compensate, body, key)
+                await s.timed_call(txn.compensate, body, key)
                 failpoints.hit("during_compensation")
                 self.stuck = None
                 return

@@ -2,6 +2,8 @@
 
 POST /sessions/{choreography}   client: start (or join, by session_id) a session
 GET  /sessions/{session_id}     client: state, result and restart count
+GET  /sessions/{session_id}/events  client: the session's timeline at each role hosted here
+GET  /sessions?state=&limit=    client: the newest sessions it may see, state per role
 POST /messages                  peer: messages (msgpack batch); 200 = durably received
 GET  /stream                    peer: the same over one WebSocket (stream transport)
 POST /ready                     peer: it (re)started, resend to it now
@@ -215,6 +217,33 @@ async def session_status(request: web.Request) -> web.Response:
     return web.json_response(status.to_json())
 
 
+async def session_events(request: web.Request) -> web.Response:
+    """The session's events at every role hosted here (`accompanist_py.events`)."""
+    owner = request.app[ACCESS].client(request)
+    node, sid = request.app[NODE], request.match_info["session_id"]
+    try:
+        found = await node.session_events(sid, owner=owner)
+    except KeyError:
+        return _error(404, f"unknown session {sid!r}")
+    roles = {role: [e.to_json() for e in events] for role, events in found.items()}
+    return web.json_response({"session": sid, "node": node.name, "roles": roles})
+
+
+MAX_LISTED = 1000  # sessions in one GET /sessions answer
+
+
+async def list_sessions(request: web.Request) -> web.Response:
+    """The newest sessions the caller may see: ?state= filters, ?limit= (1..MAX_LISTED)."""
+    owner = request.app[ACCESS].client(request)
+    state = request.query.get("state") or None
+    text = request.query.get("limit", "50")
+    if not text.isdigit() or not 1 <= int(text) <= MAX_LISTED:
+        return _error(400, f"'limit' must be an integer from 1 to {MAX_LISTED}")
+    node = request.app[NODE]
+    listed = node.recent_sessions(owner=owner, state=state, limit=int(text))
+    return web.json_response({"node": node.name, "sessions": listed})
+
+
 async def messages(request: web.Request) -> web.Response:
     peer = request.app[ACCESS].peer(request)
     try:
@@ -310,7 +339,9 @@ def make_app(
 
     app.on_shutdown.append(stop)
     app.router.add_post("/sessions/{choreography}", start_session)
+    app.router.add_get("/sessions", list_sessions)
     app.router.add_get("/sessions/{session_id}", session_status)
+    app.router.add_get("/sessions/{session_id}/events", session_events)
     app.router.add_post("/messages", messages)
     app.router.add_post("/ready", ready)
     app.router.add_get(STREAM_PATH, stream)

@@ -37,6 +37,7 @@ TOP_KEYS = {
     "auth",
     "service",
     "failpoints",
+    "events",
 }
 TABLE_KEYS = {
     "store": {"path", "synchronous"},
@@ -67,6 +68,7 @@ TABLE_KEYS = {
     "tls": {"ca", "cert", "key", "trust_domain"},
     "auth": {"tokens"},
     "service": {"ca", "cert", "key", "token"},
+    "events": {"enabled", "max_per_session"},
 }
 
 
@@ -243,6 +245,10 @@ def parse(raw: dict[str, Any], where: str = "config", base: Path | None = None) 
         raise ConfigError(f"{where}: [store] synchronous must be NORMAL or FULL, not {sync!r}")
     t = raw.get("timeouts", {})
     lim = raw.get("limits", {})
+    ev = raw.get("events", {})
+    events_enabled = ev.get("enabled", True)
+    if not isinstance(events_enabled, bool):
+        raise ConfigError(f"{where}: [events] enabled must be true or false")
     try:
         backoff = Backoff(
             initial_s=_number(t, "retry_initial_s", Backoff.initial_s),
@@ -264,6 +270,10 @@ def parse(raw: dict[str, Any], where: str = "config", base: Path | None = None) 
             backoff=backoff,
             retention_s=_number(raw, "retention_s", 600.0),
             record_retention_s=_number(raw, "record_retention_s", 3600.0),
+            events_enabled=events_enabled,
+            max_events_per_session=_count(
+                ev, "max_per_session", node_defaults.max_events_per_session, "events"
+            ),
         )
         d = Limits()
         limits = Limits(
@@ -337,8 +347,8 @@ def _number(table: dict[str, Any], key: str, default: float) -> float:
     return float(value)
 
 
-def _count(table: dict[str, Any], key: str, default: int) -> int:
+def _count(table: dict[str, Any], key: str, default: int, name: str = "limits") -> int:
     value = table.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"[limits] {key} must be a positive integer, not {value!r}")
+        raise ValueError(f"[{name}] {key} must be a positive integer, not {value!r}")
     return value

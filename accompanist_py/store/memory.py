@@ -15,6 +15,7 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from accompanist_py.events import Event
 from accompanist_py.message import Message, encode_value
 
 
@@ -96,6 +97,8 @@ class MemoryStore:
         # Acknowledged sends of live sessions, loaded on restart so replay can be checked
         # against them: (session, sender) -> (receiver, seq) -> message.
         self._acked_history: dict[_Key, dict[tuple[str, int], Message]] = {}
+        # The session timeline (accompanist_py.events), kept here with the record it tells of.
+        self._events: dict[_Key, list[Event]] = {}
 
     async def open(self) -> None:
         """Prepare the store (load a durable one's contents)."""
@@ -106,6 +109,9 @@ class MemoryStore:
     # -- what subclasses override to persist -------------------------------------------------
     def _persist(self, sql: str, params: tuple) -> Awaitable[None]:
         return DONE
+
+    def _persist_event(self, session_id: str, role: str, event: Event) -> None:
+        """Write an event ahead (durable stores); nobody waits for it."""
 
     # -- sessions ----------------------------------------------------------------------------
     def session(self, session_id: str, role: str) -> SessionRecord | None:
@@ -238,6 +244,24 @@ class MemoryStore:
             (session_id, role, step, what, value),
         )
 
+    def journal_steps(self, session_id: str, role: str) -> int:
+        """How many step outcomes the journal holds (what a replay serves without running)."""
+        return len(self._journal.get((session_id, role), {}))
+
+    # -- events ------------------------------------------------------------------------------
+    def event_count(self, session_id: str, role: str) -> int:
+        return len(self._events.get((session_id, role), ()))
+
+    def put_event(self, session_id: str, role: str, event: Event) -> None:
+        """Append an event to a session's timeline; written in order with the other writes,
+        never awaited (an event is a report, not a promise)."""
+        self._events.setdefault((session_id, role), []).append(event)
+        self._persist_event(session_id, role, event)
+
+    async def read_events(self, session_id: str, role: str) -> list[Event]:
+        """A session's timeline at `role`, oldest first (empty if none was recorded)."""
+        return list(self._events.get((session_id, role), ()))
+
     # -- transactions ------------------------------------------------------------------------
     def txns(self, session_id: str, role: str) -> list[TxnRecord]:
         return list(self._txns.get((session_id, role), []))
@@ -268,10 +292,10 @@ class MemoryStore:
         """Forget what finished sessions no longer need; returns how many records went.
 
         Their inbox, outbox, journal and transaction rows go after `retention_s`; their
-        records (state and result) after `record_retention_s`, and never while one of their
-        messages is unacknowledged: a record is the tombstone that makes a late duplicate, a
-        repeated start or a participant's question find the session finished rather than
-        revive it or presume it aborted.
+        records (state and result) and events after `record_retention_s`, and never while one
+        of their messages is unacknowledged: a record is the tombstone that makes a late
+        duplicate, a repeated start or a participant's question find the session finished
+        rather than revive it or presume it aborted.
         """
         now = self.clock()
         cutoff = now - record_retention_s
@@ -289,6 +313,7 @@ class MemoryStore:
                 continue
             del self.sessions[key]
             self.forget_working_state(*key)
+            self._events.pop(key, None)
             pruned += 1
         self._prune_durable(now - retention_s, cutoff)
         return pruned

@@ -19,6 +19,7 @@ loss at the cost of an fsync per batch.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import queue
@@ -29,6 +30,7 @@ from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
+from accompanist_py.events import Event
 from accompanist_py.message import Kind, Message, decode_value
 from accompanist_py.store.memory import MemoryStore, SessionRecord, SessionState, TxnRecord
 
@@ -52,7 +54,12 @@ CREATE TABLE IF NOT EXISTS journal (
 CREATE TABLE IF NOT EXISTS txns (
     session_id TEXT, role TEXT, idx INTEGER, name TEXT, compensate TEXT, payload BLOB,
     state TEXT, PRIMARY KEY (session_id, role, idx));
+CREATE TABLE IF NOT EXISTS events (
+    session_id TEXT, role TEXT, n INTEGER, t REAL, kind TEXT, fields TEXT,
+    PRIMARY KEY (session_id, role, n));
 """
+_EVENT_INSERT = "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?)"
+_EVENT_SELECT = "SELECT n, t, kind, fields FROM events WHERE session_id = ? AND role = ? ORDER BY n"
 
 _STOP = object()
 _PRUNE_CHUNK = 500  # rows per pruning statement: a few milliseconds of writer time
@@ -89,6 +96,16 @@ def _prune_statements(working_cutoff: float, record_cutoff: float) -> list[tuple
             f"WHERE o.acked = 1 AND (s.session_id IS NULL OR (s.state IN {_FINISHED} "
             f"AND s.updated < ?)) LIMIT {_PRUNE_CHUNK})",
             (working_cutoff,),
+        )
+    )
+    # Events go with their session's record (after record_retention_s), just before it.
+    out.append(
+        (
+            "DELETE FROM events WHERE rowid IN (SELECT e.rowid FROM events e "
+            "LEFT JOIN sessions s ON s.session_id = e.session_id AND s.role = e.role "
+            f"WHERE s.session_id IS NULL OR (s.state IN {_FINISHED} AND s.updated < ?) "
+            f"LIMIT {_PRUNE_CHUNK})",
+            (record_cutoff,),
         )
     )
     out.append(
@@ -205,6 +222,13 @@ class SQLiteStore(MemoryStore):
             self._journal.setdefault((s, role), {})[step] = (what, value)
         for row in rows("SELECT * FROM txns ORDER BY idx", 0, 1):
             self._txns.setdefault((row[0], row[1]), []).append(TxnRecord(*row))
+        # A live session's timeline goes on where it stopped; a finished one's stays on disk.
+        for s, role, n, t, kind, fields in rows("SELECT * FROM events ORDER BY n", 0, 1):
+            try:
+                event = Event(n, t, kind, json.loads(fields))
+            except ValueError:
+                continue  # a report, not state: an unreadable one is skipped
+            self._events.setdefault((s, role), []).append(event)
         # Acked outbox rows of live sessions are needed to detect replay divergence.
         for row in rows("SELECT * FROM outbox WHERE acked = 1", 0, 1):
             try:
@@ -215,6 +239,32 @@ class SQLiteStore(MemoryStore):
             self._acked_history.setdefault((msg.session, msg.sender), {})[
                 (msg.receiver, msg.seq)
             ] = msg
+
+    # -- the timeline ------------------------------------------------------------------------
+    def _persist_event(self, session_id: str, role: str, event: Event) -> None:
+        fields = json.dumps(event.fields, separators=(",", ":"))
+        self._persist(_EVENT_INSERT, (session_id, role, event.n, event.t, event.kind, fields))
+
+    def forget_working_state(self, session_id: str, role: str) -> None:
+        # A finished session's events are read from the file when asked for, not kept here.
+        super().forget_working_state(session_id, role)
+        self._events.pop((session_id, role), None)
+
+    async def read_events(self, session_id: str, role: str) -> list[Event]:
+        kept = self._events.get((session_id, role))
+        if kept is not None or self.session(session_id, role) is None:
+            return list(kept or ())
+        await self.flush()  # its last events may still be on their way to the file
+        assert self._loop is not None
+        return await self._loop.run_in_executor(None, self._read_events, session_id, role)
+
+    def _read_events(self, session_id: str, role: str) -> list[Event]:
+        conn = sqlite3.connect(self.path, check_same_thread=False)  # WAL: reads beside the writer
+        try:
+            rows = conn.execute(_EVENT_SELECT, (session_id, role)).fetchall()
+        finally:
+            conn.close()
+        return [Event(n, t, kind, json.loads(fields)) for n, t, kind, fields in rows]
 
     # -- writing -----------------------------------------------------------------------------
     def _persist(self, sql: str, params: tuple) -> Awaitable[None]:

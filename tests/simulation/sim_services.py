@@ -148,13 +148,15 @@ class SimServiceClient:
         self._crash_point = crash_point
         self.retries = 0
 
-    async def call(self, operation: str, payload: Any, key: str) -> Any:
+    async def call(self, operation: str, payload: Any, key: str, stats: Any = None) -> Any:
         self.owner.check()
         body = json.loads(json.dumps(payload))  # what an HTTP request carries
         started = self.loop.time()
         attempt = 0
         while True:
             attempt += 1
+            if stats is not None:
+                stats.attempts = attempt
             if self._crash_point is not None:
                 self._crash_point(self.owner.node, "call")
             self.owner.check()
