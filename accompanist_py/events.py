@@ -99,9 +99,9 @@ class Event:
 class Timeline:
     """Records the events of a node's sessions in its store; does nothing when disabled.
 
-    Only sessions that run here are recorded: once a session's record is finished, the only
-    event it takes is `finished` itself, so that a late copy of a message cannot add to the
-    story of a session that is over.
+    Only sessions with a record here are recorded, and a finished one only while its timeline
+    is still open: the transition to a final state may add its own events (the DECISION it
+    sends, `finished`), but once the session's working state is forgotten its story is closed.
     """
 
     def __init__(
@@ -124,9 +124,11 @@ class Timeline:
         if not self.enabled:
             return
         rec = self.store.session(session_id, role)
-        if rec is None or (rec.finished and kind != FINISHED):
+        if rec is None:
             return
         count = self.store.event_count(session_id, role)
+        if count == 0 and rec.finished:
+            return  # closed (a durable store keeps a finished session's events on disk only)
         if count >= self.limit:
             if count > self.limit:
                 return

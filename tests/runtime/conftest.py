@@ -27,6 +27,7 @@ def make_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
         modes: dict[str, str] | None = None,
         settings: dict[str, Any] | None = None,
         limits: dict[str, int] | None = None,
+        events: dict[str, Any] | None = None,
     ) -> Cluster:
         cluster = Cluster(
             tmp_path / f"cluster{len(made)}",
@@ -37,6 +38,7 @@ def make_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
             modes=modes,
             settings=settings,
             limits=limits,
+            events=events,
         )
         made.append(cluster)
         cluster.start(failpoints)

@@ -130,6 +130,7 @@ class Cluster:
         limits: dict[str, int] | None = None,
         tls: bool = False,
         tokens: dict[str, str] | None = None,
+        events: dict[str, Any] | None = None,
     ) -> None:
         self.dir = dirpath
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -156,6 +157,7 @@ class Cluster:
         self.modes = dict(modes or {})
         self.settings = dict(settings or {})
         self.limits = dict(limits or {})
+        self.events = dict(events or {})  # an [events] table for every sidecar
         self.sidecar_ports = {r: free_port() for r in ROLES}
         self.service_ports = {r: free_port() for r in ROLES}
         self.sidecars: dict[str, Process] = {}
@@ -210,6 +212,8 @@ path = "sidecar-{role}.db"
             text = f'transport = "{self.transport}"\n' + text
         if self.limits:
             text += "\n[limits]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in self.limits.items())
+        if self.events:
+            text += "\n[events]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in self.events.items())
         if self.tls:
             text += (
                 f'\n[tls]\nca = "{self.certs / "ca.pem"}"\n'
@@ -386,6 +390,17 @@ path = "sidecar-{role}.db"
         async with http.get(f"{self.service_url(role)}/effects") as resp:
             assert resp.status == 200
             return await resp.json()
+
+    async def session_events(self, http: aiohttp.ClientSession, role: str, session_id: str) -> Any:
+        """GET /sessions/{id}/events at the sidecar of `role`: its events of the session at
+        `role`, as JSON dicts (None if it does not know the session)."""
+        async with http.get(f"{self.sidecar_url(role)}/sessions/{session_id}/events") as resp:
+            if resp.status == 404:
+                return None
+            assert resp.status == 200, await resp.text()
+            body = await resp.json()
+        assert body["session"] == session_id and body["node"] == role, body
+        return body["roles"][role]
 
     async def metrics(self, http: aiohttp.ClientSession, role: str) -> dict[str, float]:
         """GET /metrics of the sidecar of `role`, parsed: {sample name: value}."""
