@@ -562,6 +562,32 @@ async def test_a_token_client_starts_and_reads_its_own_sessions_but_cannot_join_
             assert (await resp.json())["state"] == "completed"
 
 
+async def test_a_sessions_events_and_listing_are_for_its_own_client_only(guarded):
+    """The inspector's routes are client routes: 401 without credentials, and another
+    client's session is unknown (404) and unlisted, at every role."""
+    cluster = guarded.cluster
+    async with cluster.http() as tester, guarded.operator() as operator:
+        await cluster.run(tester, "route3", "tester-events", ROUTE3_ARGS)
+        await cluster.wait_terminal(tester, ["tester-events"])
+        async with guarded.http("no-certificate") as stranger:
+            for role in ROLES:
+                url = cluster.sidecar_url(role)
+                for path in ("/sessions/tester-events/events", "/sessions"):
+                    async with stranger.get(f"{url}{path}") as resp:
+                        assert resp.status == 401, (role, path, await resp.text())
+        for role in ROLES:
+            assert await cluster.session_events(operator, role, "tester-events") is None
+            events = await cluster.session_events(tester, role, "tester-events")
+            assert events[0]["kind"] == "started" and events[-1]["kind"] == "finished"
+            url = f"{cluster.sidecar_url(role)}/sessions"
+            async with operator.get(url) as resp:
+                listed = {s["session_id"] for s in (await resp.json())["sessions"]}
+            assert "tester-events" not in listed
+            async with tester.get(url) as resp:
+                listed = {s["session_id"] for s in (await resp.json())["sessions"]}
+            assert "tester-events" in listed
+
+
 # -- 6. sizes -----------------------------------------------------------------------------------
 
 
