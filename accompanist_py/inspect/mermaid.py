@@ -16,6 +16,7 @@ from accompanist_py.inspect.timeline import Timeline
 
 COMPENSATION = "rgba(255, 120, 120, 0.15)"
 RESTART = "rgba(120, 160, 255, 0.2)"
+ENTITIES = {"#": "#35;", ";": "#59;"}
 
 
 def render_mermaid(timeline: Timeline) -> str:
@@ -76,8 +77,8 @@ def _span(ids: dict[str, str], roles: list[str]) -> str:
 
 
 def _text(value: str) -> str:
-    """Text Mermaid shows as is: no statement separators, comments or entity starts."""
-    return re.sub(r"[;#%\n\r]", " ", value)
+    """Text Mermaid shows as is: '#' and ';' as its entity codes, no line breaks."""
+    return re.sub(r"[#;\n\r]", lambda m: ENTITIES.get(m.group(), " "), value)
 
 
 __all__ = ["render_mermaid"]
