@@ -165,7 +165,8 @@ def _offsets(
     offsets = {node: 0.0 for node in nodes.values()}
     early = [(s, r) for s, r in pairs if entries[r].t < entries[s].t]
     if not early:
-        return offsets, ["clocks agree: every message is received after it is sent, no correction"]
+        agree = "clocks agree: every message is received after it is sent, no correction"
+        return offsets, [agree] if pairs else []
     # For nodes x, y: off[y] - off[x] must lie in [lo, hi], lo from x->y, hi from y->x.
     lo: dict[tuple[str, str], float] = {}
     for s, r in pairs:
