@@ -15,9 +15,11 @@ only to prove that the invariant checker notices a store that loses acknowledged
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import sqlite3
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from sim_loop import Incarnation, Trace
 
@@ -87,6 +89,14 @@ class SimStore(SQLiteStore):
         if self._sim_timer is None:
             self._sim_schedule()
         return fut
+
+    def _persist_event(self, session_id: str, role: str, event: Any) -> None:
+        # The real store queues an event's row for its writer thread with no future; here it
+        # is an ordinary queued write (nobody awaits it), so a crash can lose it too.
+        fields = json.dumps(event.fields, separators=(",", ":"))
+        self._persist(
+            sqlite_store._EVENT_INSERT, (session_id, role, event.n, event.t, event.kind, fields)
+        )
 
     def _prune_durable(self, working_cutoff: float, record_cutoff: float) -> None:
         # The real store hands its pruning statements to its writer thread; here they are
