@@ -30,6 +30,7 @@ import psutil
 
 from bench import capacity
 from bench.analysis import CONTENDED_CORES, KEYS, read_failures, read_table
+from bench.diagrams import KINDS as DIAGRAM_KINDS
 from bench.matrix import BASELINE_SYSTEM, SCENARIOS, SYSTEMS
 from bench.proxy import OWN_LIMIT_MS, PROXY_FIGURES
 from bench.results import FAILURE_DETECTION_CSV, LATEST, cell_dirs, read_json, write_json
@@ -498,6 +499,28 @@ def _contention_section(summary: pd.DataFrame) -> str:
     )
 
 
+def _diagrams_section(run_dir: Path) -> str:
+    """Links to the sagas bench.diagrams drew: the first cell's of each kind, then the rest."""
+    drawn: dict[str, list[tuple[str, str]]] = {kind: [] for kind in DIAGRAM_KINDS}
+    for cd in cell_dirs(run_dir):
+        for kind, path in (cd.meta().get("diagrams") or {}).items():
+            if kind in drawn and (run_dir / path).exists():
+                drawn[kind].append((cd.label, path))
+    if not any(drawn.values()):
+        return ""
+    lines = [
+        "## Sagas drawn\n\nOne saga's story across its participants, merged from every "
+        "sidecar's events by the inspector (`python -m accompanist_py.inspect`) before its cell "
+        "was torn down: a sequence diagram per saga, as text and as Mermaid.\n"
+    ]
+    for kind, found in drawn.items():
+        if found:
+            label, path = found[0]
+            more = f" (and {len(found) - 1} more cells' in `diagrams/`)" if len(found) > 1 else ""
+            lines.append(f"- a **{kind}** saga: [{label}]({path}){more}")
+    return "\n".join(lines) + "\n"
+
+
 def write_report(run_dir: Path) -> Path:
     """Write ``report.md`` from the files in ``run_dir``; return its path."""
     run_dir = Path(run_dir)
@@ -558,6 +581,9 @@ def write_report(run_dir: Path) -> Path:
     if not summary.empty:
         parts.append(_proxy_section(summary))
         parts.append(_contention_section(summary))
+    drawn = _diagrams_section(run_dir)
+    if drawn:
+        parts.append(drawn)
     if ratios_path.exists():
         ratios = read_table(ratios_path)
         shown = _ratio_display(ratios) if "comparable" in ratios else ratios

@@ -77,6 +77,11 @@ class CellDir:
     rep: int
 
     @property
+    def label(self) -> str:
+        """The cell's identity as bench.matrix.Cell spells it: workload/system/scenario/repK."""
+        return f"{self.workload}/{self.system}/{self.scenario}/rep{self.rep}"
+
+    @property
     def requests_csv(self) -> Path:
         return self.path / "requests.csv"
 

@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from accompanist_py.inspect import Credentials
 from baselines.restate.server import RestateServer
 from baselines.temporal.worker import CONFIGS as TEMPORAL_CONFIGS
 from baselines.temporal.worker import deployment as temporal_deployment
@@ -51,6 +52,7 @@ from bench.credentials import (
     service_callers,
     temporal_worker,
 )
+from bench.diagrams import draw_sagas
 from bench.fairness import announced_loop, write_failure_detection
 from bench.faults import FaultInjector, applicability, crash_schedule
 from bench.load import LoadError, read_load_cpu, read_outcomes, run_locust, write_requests
@@ -406,6 +408,11 @@ def run_cell(run_dir: Path, cell: Cell, progress: Callable[[str], None] = print)
             harness_cpu_s() - harness_before,
         )
         state = settled_state(direct, harness_tls)
+        drawn, drawing_error = (
+            _draw_sagas(run_dir, cell, cd, ports, wl, creds)
+            if system.kind == "accompanist"
+            else ({}, None)
+        )
         report = wl.check(state, sent=read_outcomes(cd.requests_csv))
         write_json(
             cd.check_json,
@@ -453,6 +460,10 @@ def run_cell(run_dir: Path, cell: Cell, progress: Callable[[str], None] = print)
                 # the rest of it, less cpu.csv, ran beside the cell (bench.analysis: contended).
                 "machine_cpu_s": round(machine_cpu_s, 3),
                 "harness_cpu_s": round(harness_cpu, 3),
+                # One committed, compensated and crash-recovered saga drawn from the sidecars'
+                # events (bench.diagrams), paths relative to the run folder.
+                "diagrams": drawn,
+                "diagrams_error": drawing_error,
             },
         )
         progress(
@@ -468,6 +479,29 @@ def run_cell(run_dir: Path, cell: Cell, progress: Callable[[str], None] = print)
                 f" worst link, {own:.2f} ms of it its own{flag}"
             )
     return cd
+
+
+def _draw_sagas(
+    run_dir: Path,
+    cell: Cell,
+    cd: CellDir,
+    ports: Mapping[str, int],
+    wl: Workload,
+    creds: CellCredentials | None,
+) -> tuple[dict[str, str], str | None]:
+    """Sequence diagrams of a few of the cell's sagas, asked of its live sidecars as the
+    gateway (which started every session, so owns them); an error is recorded, not raised: a
+    diagram is for reading, not a figure."""
+    scheme = "https" if creds is not None else "http"
+    urls = [f"{scheme}://127.0.0.1:{ports[f'runtime:{r}']}" for r in wl.services]
+    who = None
+    if creds is not None:
+        files = creds.client(GATEWAY)
+        who = Credentials(ca=files.ca, cert=files.cert, key=files.key)
+    try:
+        return draw_sagas(run_dir, cell.label, urls, cd.requests_csv, cd.faults_csv, who), None
+    except Exception as exc:
+        return {}, f"{type(exc).__name__}: {exc}"
 
 
 def _crash_target(sup: Supervisor, system: System) -> Callable[[str], str | None]:

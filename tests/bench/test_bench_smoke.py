@@ -47,6 +47,11 @@ def test_a_short_cell_runs_checks_consistent_and_leaves_no_process(
     if scenario.crashes:
         faults = pd.read_csv(cell.faults_csv)
         assert len(faults) == 1 and faults["restart_time"].notna().all()
+    if system == "accompanist":
+        # Sagas drawn from the sidecars' events for the report (bench.diagrams).
+        drawn = cell.meta()["diagrams"]
+        assert "committed" in drawn, cell.meta()["diagrams_error"]
+        assert (tmp_path / drawn["committed"]).read_text().count("sequenceDiagram") == 1
 
     summary = pd.read_csv(analyse(tmp_path)[0])
     row = summary[(summary.system == system) & (summary.scenario == scenario.name)].iloc[0]
