@@ -118,6 +118,8 @@ class Timeline:
         self.clock = clock
         self.enabled = enabled
         self.limit = limit
+        self.recorded = 0  # events recorded, for /metrics
+        self.truncated = 0  # timelines that reached `limit`
 
     def record(self, session_id: str, role: str, kind: str, **fields: Any) -> None:
         """Append an event (its fields are `KINDS[kind]`); never waits for its write."""
@@ -133,6 +135,8 @@ class Timeline:
             if count > self.limit:
                 return
             kind, fields = TRUNCATED, {"limit": self.limit}
+            self.truncated += 1
+        self.recorded += 1
         self.store.put_event(session_id, role, Event(count + 1, self.clock(), kind, fields))
 
     async def read(self, session_id: str, role: str) -> list[Event]:

@@ -35,7 +35,7 @@ from accompanist_py.message import (
     decode_value,
     encode_value,
 )
-from accompanist_py.metrics import Gauge, NodeMetrics
+from accompanist_py.metrics import NodeMetrics, Reading
 from accompanist_py.outbox import Outbox
 from accompanist_py.service import NoService, ServiceClient
 from accompanist_py.session import RoleSession
@@ -161,7 +161,7 @@ class Node:
         self.clock = clock  # wall time: session deadlines and ages outlive restarts
         self.service = service or NoService()
         self.config = config or NodeConfig()
-        self.metrics = NodeMetrics()
+        self.metrics = NodeMetrics(self.roles)
         self.events = Timeline(
             self.store,
             clock,
@@ -181,42 +181,111 @@ class Node:
         self._pruner: asyncio.Task[None] | None = None
         self._local: set[asyncio.Task[None]] = set()  # deliveries between roles hosted here
         self._unstored: set[tuple[str, str, str, int]] = set()  # answers and queries in flight
-        self.metrics.gauges += [
-            Gauge(
-                "accompanist_sessions_active", "Sessions running here.", lambda: len(self.sessions)
-            ),
-            Gauge(
+        self._export_readings()
+
+    def _export_readings(self) -> None:
+        """The figures kept elsewhere than in counters, read when /metrics is scraped."""
+        m = self.metrics
+
+        def per_role(count: Callable[[RoleSession], bool]) -> Callable[[], dict[str, float]]:
+            def read() -> dict[str, float]:
+                out = dict.fromkeys(self.roles, 0.0)
+                for (_, role), session in list(self.sessions.items()):
+                    if count(session):
+                        out[role] = out.get(role, 0.0) + 1
+                return out
+
+            return read
+
+        m.add(
+            Reading(
+                "accompanist_sessions_active",
+                "Sessions running here.",
+                per_role(lambda s: True),
+                label="role",
+            )
+        )
+        m.add(
+            Reading(
+                "accompanist_compensations_stuck",
+                "Sessions whose current compensation keeps failing.",
+                per_role(lambda s: s.stuck is not None),
+                label="role",
+            )
+        )
+        m.add(
+            Reading(
+                "accompanist_sessions_awaiting_decision",
+                "Participants that voted and wait for the initiator's decision.",
+                per_role(lambda s: s.outcome.waiting_for_decision),
+                label="role",
+            )
+        )
+        m.add(
+            Reading(
                 "accompanist_outbox_pending",
                 "Messages not yet acknowledged.",
                 self.store.outbox_size,
-            ),
-            Gauge(
+            )
+        )
+        m.add(
+            Reading(
                 "accompanist_outbox_waiting",
                 "Messages queued for a receiving role (an unreachable peer's grow).",
                 self.outbox.waiting,
                 label="peer",
-            ),
-            Gauge(
+            )
+        )
+        m.add(
+            Reading(
                 "accompanist_store_backlog",
                 "Writes queued for the store (past max_store_backlog peers are told to wait).",
                 self.store.backlog,
-            ),
-            Gauge(
+            )
+        )
+        m.add(
+            Reading(
                 "accompanist_sessions_quarantined",
                 "Sessions set aside because the store could not rebuild them.",
                 lambda: len(self.store.quarantined),
-            ),
-            Gauge(
-                "accompanist_compensations_stuck",
-                "Sessions whose current compensation keeps failing.",
-                lambda: sum(1 for s in self.sessions.values() if s.stuck is not None),
-            ),
-            Gauge(
-                "accompanist_sessions_awaiting_decision",
-                "Participants that voted and wait for the initiator's decision.",
-                lambda: sum(1 for s in self.sessions.values() if s.outcome.waiting_for_decision),
-            ),
-        ]
+            )
+        )
+        timeline = self.events
+        m.add(
+            Reading(
+                "accompanist_events_recorded",
+                "Session events recorded (truncation marks included).",
+                lambda: timeline.recorded,
+                counter=True,
+            )
+        )
+        m.add(
+            Reading(
+                "accompanist_events_truncated",
+                "Session timelines that reached their bound (one truncated event each).",
+                lambda: timeline.truncated,
+                counter=True,
+            )
+        )
+        if hasattr(self.store, "on_commit"):  # a store with a group-committing writer
+            store: Any = self.store
+            store.on_commit = m.watch_commits()
+            m.add(
+                Reading(
+                    "accompanist_store_commits",
+                    "Group commits made by the store's writer.",
+                    lambda: store.batches,
+                    counter=True,
+                )
+            )
+            m.add(
+                Reading(
+                    "accompanist_store_writes",
+                    "Writes committed by the store's writer (flush marks included).",
+                    lambda: store.writes,
+                    counter=True,
+                )
+            )
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -251,7 +320,7 @@ class Node:
                 continue
             rec.restarts += 1
             self.store.save_session(rec)
-            self.metrics.sessions_recovered.inc()
+            self.metrics.of(rec.role).sessions_recovered.inc()
             self._note_recovery(rec)
             try:
                 self._spawn(rec)
@@ -346,7 +415,7 @@ class Node:
         if rec is None:
             full = self.overloaded()
             if full is not None:
-                self.metrics.sessions_refused.inc()
+                self.metrics.of(chor.initiator).sessions_refused.inc()
                 raise Overloaded(full)
             rec = SessionRecord(
                 sid,
@@ -359,7 +428,7 @@ class Node:
             # The session runs once its record is durable: a crash cannot then lose a session
             # whose messages peers have already acted on.
             written = self.store.save_session(rec)
-            self.metrics.sessions_started.inc()
+            self.metrics.of(chor.initiator).sessions_started.inc()
             self.events.record(
                 sid,
                 chor.initiator,
@@ -481,14 +550,15 @@ class Node:
     def session_ended(self, session: RoleSession, seconds: float) -> None:
         self.sessions.pop((session.session_id, session.role), None)
         state = session.record.state
+        metrics = self.metrics.of(session.role)
         if state == SessionState.COMPLETED:
-            self.metrics.sessions_completed.inc()
+            metrics.sessions_completed.inc()
         elif state == SessionState.COMPENSATED:
-            self.metrics.sessions_compensated.inc()
+            metrics.sessions_compensated.inc()
         elif state == SessionState.FAILED:
-            self.metrics.sessions_failed.inc()
+            metrics.sessions_failed.inc()
         if state in SessionState.TERMINAL:
-            self.metrics.session_duration.observe(seconds)
+            metrics.session_duration.observe(seconds)
 
     # -- messages out ------------------------------------------------------------------------
     async def post(self, msg: Message, *, check_replay: bool = True) -> None:
@@ -557,7 +627,7 @@ class Node:
         for msg in batch:
             self._unstored.discard(msg.key)
             self.store.ack_outbox(msg)
-        self.metrics.messages_sent.inc(len(batch))
+            self.metrics.link(msg.sender, msg.receiver).sent.inc()
 
     def _rejected(self, batch: list[Message], reason: str) -> None:
         # Stop resending, but loudly, and fail the sessions concerned (they compensate).
@@ -567,7 +637,7 @@ class Node:
             session = self.sessions.get((msg.session, msg.sender))
             if session is not None:
                 session.fail(f"{msg.receiver} refused message #{msg.seq}: {reason}")
-        self.metrics.messages_rejected.inc(len(batch))
+            self.metrics.link(msg.sender, msg.receiver).rejected.inc()
 
     def _answer(self, msg: Message, rec: SessionRecord | None) -> None:
         """Tell the sender of `msg` the decision of a session that no longer runs here."""
@@ -660,9 +730,11 @@ class Node:
                 f"{backlog} store writes queued, the limit is {self.config.max_store_backlog}"
             )
         full = self.overloaded()
-        if full is not None and any(self._would_start(m) for m in batch):
-            self.metrics.sessions_refused.inc()
-            raise Overloaded(full)
+        if full is not None:
+            starting = next((m.receiver for m in batch if self._would_start(m)), None)
+            if starting is not None:
+                self.metrics.of(starting).sessions_refused.inc()
+                raise Overloaded(full)
         refused: list[tuple[int, str]] = []
         accepted: list[tuple[int, list[Awaitable[None]]]] = []
         for index, msg in enumerate(batch):
@@ -672,7 +744,7 @@ class Node:
                 self._accept(msg, durable)
             except ValueError as exc:
                 refused.append((index, str(exc)))
-                self.metrics.messages_refused.inc()
+                self.metrics.link(*self._link_of(msg)).refused.inc()
                 continue
             accepted.append((index, durable))
         for index, durable in accepted:
@@ -682,6 +754,14 @@ class Node:
             except RuntimeError as exc:  # the store refused this write (see SQLiteStore)
                 refused.append((index, f"could not store the message: {exc}"))
         return sorted(refused)
+
+    def _link_of(self, msg: Message) -> tuple[str, str]:
+        """The (role, peer) labels of a refused message: only names a choreography here knows
+        (anything else is "other"), so that junk cannot grow the metrics without bound."""
+        known = {r for name in self.registry.names() for r in self.registry.get(name).roles}
+        role = msg.receiver if msg.receiver in self.roles else "other"
+        peer = msg.sender if isinstance(msg.sender, str) and msg.sender in known else "other"
+        return role, peer
 
     def _would_start(self, msg: Message) -> bool:
         return (
@@ -708,7 +788,7 @@ class Node:
             # the session received is durable, like any duplicate.
             if at_initiator and msg.kind is Kind.CONTROL:
                 self._answer(msg, rec)
-            self.metrics.messages_duplicate.inc()
+            self.metrics.link(msg.receiver, msg.sender).duplicate.inc()
             durable.append(self.store.flush())
             return
         if rec is None and not self._may_start(msg, at_initiator, durable):
@@ -716,11 +796,11 @@ class Node:
         new, written = self.store.put_inbox(msg)
         if not new:
             # The first copy may still be on its way to disk: the ack waits for it.
-            self.metrics.messages_duplicate.inc()
+            self.metrics.link(msg.receiver, msg.sender).duplicate.inc()
             self._check_duplicate(msg)
             durable.append(self.store.flush())
             return
-        self.metrics.messages_received.inc()
+        self.metrics.link(msg.receiver, msg.sender).received.inc()
         durable.append(written)
         self.events.record(
             msg.session, msg.receiver, events.RECEIVED, **_message_fields(msg, msg.sender)
@@ -778,7 +858,7 @@ class Node:
         )
         # The record goes before the inbox row, in the same batch: no row without its session.
         durable.append(self.store.save_session(rec))
-        self.metrics.sessions_started.inc()
+        self.metrics.of(msg.receiver).sessions_started.inc()
         self.events.record(
             msg.session,
             msg.receiver,

@@ -70,7 +70,6 @@ class HttpServiceClient:
         self.deadline_s = deadline_s
         self.backoff = backoff or Backoff()
         self._session: aiohttp.ClientSession | None = None
-        self.retries = 0  # transient failures ridden out, for /metrics
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -109,7 +108,6 @@ class HttpServiceClient:
                 raise ServiceUnavailableError(
                     f"{url} still failing after {attempt} attempts: {problem}"
                 )
-            self.retries += 1
             log.debug("retrying %s (attempt %d): %s", url, attempt, problem)
             await asyncio.sleep(self.backoff.delay(attempt))
 

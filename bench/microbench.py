@@ -132,13 +132,13 @@ async def throughput(
             async def metric() -> float:
                 async with http.get(cars.urls["r1"] + "/metrics") as resp:
                     text = await resp.text()
-                sent = received = 0.0
+                # Summed over their role and peer labels.
+                counted = ("accompanist_messages_sent_total", "accompanist_messages_received_total")
+                total = 0.0
                 for line in text.splitlines():
-                    if line.startswith("accompanist_messages_sent_total "):
-                        sent = float(line.split()[1])
-                    if line.startswith("accompanist_messages_received_total "):
-                        received = float(line.split()[1])
-                return sent + received
+                    if line.startswith(counted):
+                        total += float(line.rpartition(" ")[2])
+                return total
 
             stop = time.monotonic() + seconds + 1.0
             done = 0

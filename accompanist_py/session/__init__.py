@@ -206,7 +206,6 @@ class RoleSession:
     async def call(self, operation: str, payload: Any, key: str) -> Any:
         """One call to this role's service (a payload may carry a `locally` result: sync it)."""
         await self.journal.sync()
-        self.node.metrics.service_calls.inc()
         failpoints.hit("before_call")
         value = await self.timed_call(operation, payload, key)
         failpoints.hit("after_call")
@@ -235,13 +234,15 @@ class RoleSession:
             status = "error"
             raise
         finally:
+            seconds = time.monotonic() - started
+            self.node.metrics.call_ended(self.role, operation, seconds, max(1, stats.attempts))
             if status != "cancelled" or not self.node.closing:
                 self.note(
                     events.CALL_END,
                     operation=operation,
                     status=status,
                     attempts=max(1, stats.attempts),
-                    latency_ms=round((time.monotonic() - started) * 1000, 3),
+                    latency_ms=round(seconds * 1000, 3),
                 )
 
     def _session_headers(self) -> dict[str, Any]:
@@ -372,7 +373,7 @@ class RoleSession:
         self.record.state = "failed"
         self.record.result = encode_value({"outcome": "failed", "reason": reason})
         self.node.store.save_session(self.record)
-        self.node.metrics.sessions_broken.inc()
+        self.node.metrics.of(self.role).sessions_broken.inc()
         self._finish()
 
 

@@ -110,7 +110,6 @@ class Transactions:
         while True:
             attempt += 1
             try:
-                s.node.metrics.service_calls.inc()
                 await s.timed_call(txn.compensate, body, key)
                 failpoints.hit("during_compensation")
                 self.stuck = None
@@ -119,7 +118,7 @@ class Transactions:
                 raise
             except Exception as exc:  # any failure: the effect must still be undone
                 self.stuck = Stuck(txn.name, attempt, f"{exc.__class__.__name__}: {exc}"[:500])
-                s.node.metrics.compensation_retries.inc()
+                s.node.metrics.of(s.role).compensation_retries.inc()
                 log.warning(
                     "compensation %s of %s at %s failed (attempt %d), retrying: %s",
                     txn.name,

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from accompanist_py import eventloop
 from accompanist_py.errors import ChoreographyError, ConfigError
-from accompanist_py.metrics import Gauge
+from accompanist_py.metrics import NodeMetrics, Reading
 from accompanist_py.sidecar.app import Access, build_node, make_app
 from accompanist_py.sidecar.config import SidecarConfig, load
 from accompanist_py.sidecar.listener import GuardedSite
@@ -40,15 +40,7 @@ async def serve(config_path: str) -> None:
             runner, config.host, config.port, config.limits, ssl_context=_server_context(config)
         )
         await site.start()
-        node.metrics.gauges.append(
-            Gauge(
-                "accompanist_connections_refused",
-                "Connections closed for a limit, or for not sending a request in time once "
-                "connected (a TLS handshake that fails or times out is closed by the TLS "
-                "layer and not counted).",
-                lambda: site.gate.refused,
-            )
-        )
+        _export_connections(node.metrics, site)
         if config.tls is None:
             log.warning(
                 "sidecar %s: PLAINTEXT on %s, peers and clients are not authenticated; "
@@ -74,6 +66,34 @@ async def serve(config_path: str) -> None:
         await stop.wait()
     finally:
         await runner.cleanup()  # graceful: stops accepting, closes the node and its store
+
+
+def _export_connections(metrics: NodeMetrics, site: GuardedSite) -> None:
+    gate = site.gate
+
+    def open_by_peer() -> dict[str, float]:
+        # A peer is named by the URIs of its certificate; "none": connections without one.
+        by_peer = {",".join(key): float(n) for key, n in gate.by_peer.items()}
+        by_peer["none"] = float(gate.open - sum(gate.by_peer.values()))
+        return by_peer
+
+    metrics.add(
+        Reading(
+            "accompanist_connections_open",
+            "Connections open to this sidecar, by the peer their certificate names.",
+            open_by_peer,
+            label="peer",
+        )
+    )
+    metrics.add(
+        Reading(
+            "accompanist_connections_refused",
+            "Connections closed for a limit, or for not sending a request in time once "
+            "connected (a TLS handshake that fails or times out is closed by the TLS "
+            "layer and not counted); a running count, kept under its earlier gauge name.",
+            lambda: gate.refused,
+        )
+    )
 
 
 def _server_context(config: SidecarConfig) -> ssl.SSLContext | None:

@@ -35,6 +35,7 @@ from accompanist_py import failpoints
 from accompanist_py.choreography import Registry
 from accompanist_py.errors import ChoreographyError, Overloaded
 from accompanist_py.message import decode_batch
+from accompanist_py.metrics import CONTENT_TYPE
 from accompanist_py.node import Node, NodeStopping
 from accompanist_py.service import HttpServiceClient
 from accompanist_py.sidecar.config import Limits, ServiceCredentials, SidecarConfig
@@ -312,7 +313,9 @@ async def health(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     if not request.app[ACCESS].observer(request):
         return _error(401, "metrics need a client certificate, a bearer token or a peer's")
-    return web.Response(text=request.app[NODE].metrics.render(), content_type="text/plain")
+    return web.Response(
+        body=request.app[NODE].metrics.render(), headers={"Content-Type": CONTENT_TYPE}
+    )
 
 
 def make_app(

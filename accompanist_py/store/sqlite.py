@@ -25,8 +25,9 @@ import os
 import queue
 import sqlite3
 import threading
+import time
 from collections import deque
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -137,6 +138,7 @@ class SQLiteStore(MemoryStore):
         self._loop: asyncio.AbstractEventLoop | None = None
         self.batches = 0  # commits made, for the group-commit figures in /metrics
         self.writes = 0
+        self.on_commit: Callable[[int, float], None] | None = None  # (writes, seconds): /metrics
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -304,9 +306,12 @@ class SQLiteStore(MemoryStore):
                     stop = True
                     break
                 batch.append(item)
+            started = time.perf_counter()
             errors = self._commit(conn, batch)
             self.batches += 1
             self.writes += len(batch)
+            if self.on_commit is not None:
+                self.on_commit(len(batch), time.perf_counter() - started)
             futures = [f for _, _, f in batch]
             try:
                 loop.call_soon_threadsafe(_resolve, futures, errors)

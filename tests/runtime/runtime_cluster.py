@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from accompanist_py import certs
 from accompanist_py.tls import TLSFiles
@@ -403,13 +404,13 @@ path = "sidecar-{role}.db"
         return body["roles"][role]
 
     async def metrics(self, http: aiohttp.ClientSession, role: str) -> dict[str, float]:
-        """GET /metrics of the sidecar of `role`, parsed: {sample name: value}."""
+        """GET /metrics of the sidecar of `role`, parsed: {sample name: value summed over its
+        labels (its roles and peers)}."""
         async with http.get(f"{self.sidecar_url(role)}/metrics") as resp:
             assert resp.status == 200
             text = await resp.text()
-        samples = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                samples[name] = float(value)
+        samples: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                samples[sample.name] = samples.get(sample.name, 0.0) + sample.value
         return samples

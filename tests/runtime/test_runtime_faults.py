@@ -73,7 +73,12 @@ async def _run(
         results = await c.run(pipeline, order, session_id="s")
         states = c.states("s")
         if dropped is not None:
-            dropped.append(sum(n.metrics.messages_duplicate.value for n in c.nodes.values()))
+            dropped.append(
+                sum(
+                    n.metrics.total("accompanist_messages_duplicate_total")
+                    for n in c.nodes.values()
+                )
+            )
     return results, recorder.calls, states
 
 

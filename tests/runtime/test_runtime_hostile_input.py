@@ -494,10 +494,10 @@ async def test_a_full_store_queue_defers_every_peer_batch_storing_nothing(monkey
         with pytest.raises(Overloaded, match="store writes queued"):
             await rig.node.deliver(reply)
         assert inbox_rows(rig.store) == 0
-        assert rig.node.metrics.batches_deferred.value == 1
+        assert rig.node.metrics.total("accompanist_batches_deferred_total") == 1
         monkeypatch.setattr(rig.store, "backlog", lambda: 0)
         assert await rig.node.deliver(reply) == []
-        assert rig.node.metrics.batches_deferred.value == 1
+        assert rig.node.metrics.total("accompanist_batches_deferred_total") == 1
 
 
 async def test_a_seq_of_2_63_is_refused_and_the_store_keeps_writing(tmp_path, process_exits):

@@ -42,6 +42,8 @@ from typing import Any
 import aiohttp
 import msgpack
 import pytest
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.parser import text_string_to_metric_families
 from runtime_cluster import ROLES, Cluster
 
 from accompanist_py import certs
@@ -528,7 +530,10 @@ async def test_only_authenticated_callers_see_the_nodes_details(guarded):
                 details = await resp.json()
                 assert resp.status == 200 and {"roles", "quarantined"} <= set(details), details
             async with caller.get(f"{url}/metrics") as resp:
-                assert resp.status == 200 and "accompanist_" in await resp.text()
+                assert resp.status == 200
+                assert resp.headers["Content-Type"] == CONTENT_TYPE_LATEST
+                names = {f.name for f in text_string_to_metric_families(await resp.text())}
+                assert {"accompanist_sessions_started", "process_cpu_seconds"} <= names
 
 
 # The owner travels with the session's messages (header "o"), so participants know it too.

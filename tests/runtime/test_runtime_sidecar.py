@@ -16,6 +16,9 @@ from typing import Any
 import aiohttp
 import msgpack
 import pytest
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 from runtime_cluster import ROLES, Cluster, Process, child_env, free_port
 
 from accompanist_py.message import Kind, Message, encode_batch, encode_value
@@ -326,3 +329,77 @@ async def test_sigterm_stops_a_sidecar_whose_peers_are_connected_with_exit_code_
     code = await sidecar.wait_exit(20)
     assert code == 0, f"exit code {code} (None: still running 20 s after SIGTERM)"
     assert "Traceback" not in sidecar.tail()
+
+
+async def scrape(http: aiohttp.ClientSession, url: str) -> dict[str, list[Sample]]:
+    """GET /metrics, checked for its content type and parsed as Prometheus does: {sample
+    name: its samples, one per label set}."""
+    async with http.get(f"{url}/metrics") as resp:
+        assert resp.status == 200, await resp.text()
+        assert resp.headers["Content-Type"] == CONTENT_TYPE_LATEST
+        text = await resp.text()
+    samples: dict[str, list[Sample]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append(sample)
+    return samples
+
+
+def value(samples: dict[str, list[Sample]], name: str, **labels: str) -> float:
+    """The sum of `name` over the samples whose labels include `labels`."""
+    return sum(s.value for s in samples.get(name, []) if labels.items() <= s.labels.items())
+
+
+async def test_metrics_show_a_committed_a_compensated_and_a_retried_saga_per_role_and_peer(
+    make_cluster, http
+):
+    cluster = make_cluster()
+    committed = await cluster.run(http, "saga3", "metrics-commit", [{}])
+    compensated = await cluster.run(http, "saga3", "metrics-undo", [{"abort_at": "c"}])
+    assert (committed["state"], compensated["state"]) == ("completed", "compensated")
+    # a's `stall` answers 503 until healed: its call is retried, then succeeds.
+    async with http.post(
+        f"{cluster.sidecar_url('a')}/sessions/stalled_saga",
+        json={"session_id": "metrics-retry", "args": [{}], "wait": False},
+    ) as resp:
+        assert resp.status == 202, await resp.text()
+    retries = "accompanist_service_call_retries_total"
+    await asyncio.sleep(1.5)  # a call's attempts are counted when it ends: let it fail a while
+    (cluster.dir / "service-a.db.healed").touch()
+    sids = ["metrics-commit", "metrics-undo", "metrics-retry"]
+    await cluster.wait_terminal(http, sids)
+
+    at = {r: await scrape(http, cluster.sidecar_url(r)) for r in ROLES}
+    a = at["a"]
+    assert value(a, "accompanist_sessions_started_total", role="a") == 3
+    assert value(a, "accompanist_sessions_completed_total", role="a") == 2
+    assert value(a, "accompanist_sessions_compensated_total", role="a") == 1
+    assert value(a, "accompanist_session_duration_seconds_count", role="a") == 3
+    # Per peer: a sends to b and hears from c (data, votes), as the choreography says.
+    assert value(a, "accompanist_messages_sent_total", role="a", peer="b") >= 3
+    assert value(a, "accompanist_messages_received_total", role="a", peer="c") >= 2
+    assert value(at["b"], "accompanist_messages_received_total", role="b", peer="a") >= 3
+    assert value(a, "accompanist_messages_refused_total") == 0
+    # Service calls per role and operation: the compensation is among them.
+    assert value(a, "accompanist_service_calls_total", role="a", operation="reserve") == 3
+    assert value(a, "accompanist_service_calls_total", role="a", operation="undo_reserve") == 1
+    assert value(a, "accompanist_service_call_seconds_count", role="a", operation="reserve") == 3
+    attempts = value(a, "accompanist_service_call_attempts_total", operation="stall")
+    assert attempts == value(a, retries, operation="stall") + 1 >= 2
+    for samples in at.values():
+        # The group commit of the fault-tolerant mode: at least one commit, of >= 1 write each.
+        commits = value(samples, "accompanist_store_commits_total")
+        assert commits >= 1
+        assert value(samples, "accompanist_store_commit_rows_count") == commits
+        assert value(samples, "accompanist_store_commit_rows_sum") >= commits
+        assert value(samples, "accompanist_store_commit_seconds_sum") > 0
+        assert value(samples, "accompanist_store_backlog") >= 0
+        assert value(samples, "accompanist_events_recorded_total") > 0
+        assert "accompanist_events_truncated_total" in samples
+        assert value(samples, "accompanist_sessions_active") == 0
+        assert "accompanist_connections_open" in samples
+        # The process, as any Prometheus client shows it.
+        assert value(samples, "process_cpu_seconds_total") > 0
+        assert value(samples, "process_resident_memory_bytes") > 0
+        assert value(samples, "process_open_fds") > 0
+        assert "python_info" in samples
