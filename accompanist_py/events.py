@@ -4,13 +4,10 @@ Every node records, per (session, role) it hosts, a short list of `Event`s: numb
 (`n`), stamped with the node's wall clock (`t`, epoch seconds), of one `kind` of the
 vocabulary below and carrying exactly that kind's fields. Events are for operators and the
 inspector, never for the runtime: nothing reads them back to decide anything, so recording
-one never waits. In the fault-tolerant mode an event is carried by the next write the node
-issues, into that write's transaction, or at the end of the loop's pass by one item of its own
-(`SQLiteStore._persist_event`): so it is committed after the write it reports and before any
-later write, and after a crash the timeline holds what the store holds, at most missing the
-very last events. An event is never recorded twice for one fact, since replay serves what was
-durable without recording it again; a recovery records `restart` before rewriting the session
-record, which carries it, so the restart is on disk exactly when its count is.
+one never waits. In the fault-tolerant mode each event is written through the store's group
+commit right after the write it reports (the same commit, as a rule): after a crash the
+timeline holds what the store holds, at most missing the very last events; an event is never
+recorded twice for one fact, since replay serves what was durable without recording it again.
 
     kind          fields                                  when
     started       choreography, origin, by                the session's record is made here:

@@ -319,11 +319,9 @@ class Node:
                 )
                 continue
             rec.restarts += 1
-            # Recorded first, so that the record's write carries them: a restart is on the
-            # timeline exactly when its count is on disk (never lost, never told twice).
-            self._note_recovery(rec)
             self.store.save_session(rec)
             self.metrics.of(rec.role).sessions_recovered.inc()
+            self._note_recovery(rec)
             try:
                 self._spawn(rec)
             except Exception as exc:

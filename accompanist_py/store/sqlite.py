@@ -132,10 +132,7 @@ class SQLiteStore(MemoryStore):
             raise ValueError(f"synchronous must be NORMAL, FULL or EXTRA, not {synchronous!r}")
         self.path = Path(path)
         self.synchronous = synchronous.upper()
-        # Items: (sql, params, future or None, events carried or None), in the order issued.
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._events_out: list[tuple[str, str, Event]] = []  # recorded, not yet queued
-        self._events_handle: asyncio.Handle | None = None
         self._prune_jobs: queue.SimpleQueue = queue.SimpleQueue()  # low priority
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -159,10 +156,7 @@ class SQLiteStore(MemoryStore):
     async def close(self) -> None:
         if self._thread is None:
             return
-        await self.flush()  # carries the last events
-        if self._events_handle is not None:
-            self._events_handle.cancel()
-            self._events_handle = None
+        await self.flush()
         self._queue.put(_STOP)
         await asyncio.get_running_loop().run_in_executor(None, self._thread.join)
         self._thread = None
@@ -250,26 +244,10 @@ class SQLiteStore(MemoryStore):
 
     # -- the timeline ------------------------------------------------------------------------
     def _persist_event(self, session_id: str, role: str, event: Event) -> None:
-        # An event waits on the loop for the next write, which carries it into its own
-        # transaction (`_take_events`): so events are written in the order they were recorded
-        # relative to every write, cost no queue item of their own and are encoded by the
-        # writer. If no write follows in this pass of the loop, one item carries them all.
-        self._events_out.append((session_id, role, event))
-        if self._events_handle is None and self._loop is not None:
-            self._events_handle = self._loop.call_soon(self._carry_events)
-
-    def _carry_events(self) -> None:
-        self._events_handle = None
-        events = self._take_events()
-        if events:
-            self._queue.put((None, None, None, events))
-
-    def _take_events(self) -> list[tuple[str, str, Event]] | None:
-        """The events recorded since the last write, for the write being issued now."""
-        if not self._events_out:
-            return None
-        taken, self._events_out = self._events_out, []
-        return taken
+        # Queued in order like any write, but with no future: nobody may wait for an event.
+        fields = json.dumps(event.fields, separators=(",", ":"))
+        row = (session_id, role, event.n, event.t, event.kind, fields)
+        self._queue.put((_EVENT_INSERT, row, None))
 
     def forget_working_state(self, session_id: str, role: str) -> None:
         # A finished session's events are read from the file when asked for, not kept here.
@@ -296,7 +274,7 @@ class SQLiteStore(MemoryStore):
     def _persist(self, sql: str, params: tuple) -> Awaitable[None]:
         assert self._loop is not None, "SQLiteStore.open() was not awaited"
         fut = self._loop.create_future()
-        self._queue.put((sql, params, fut, self._take_events()))
+        self._queue.put((sql, params, fut))
         return fut
 
     def _writer(self) -> None:
@@ -334,7 +312,7 @@ class SQLiteStore(MemoryStore):
             self.writes += len(batch)
             if self.on_commit is not None:
                 self.on_commit(len(batch), time.perf_counter() - started)
-            futures = [f for _, _, f, _ in batch]
+            futures = [f for _, _, f in batch]
             try:
                 loop.call_soon_threadsafe(_resolve, futures, errors)
             except RuntimeError:  # the loop is closed: nobody is waiting any more
@@ -348,10 +326,10 @@ class SQLiteStore(MemoryStore):
         try:
             conn.execute("BEGIN")
             events = []  # one executemany for the batch's events: they cost a fraction then
-            for sql, params, _, carried in batch:
-                if carried:
-                    events.extend(_event_rows(carried))
-                if params is not None:
+            for sql, params, _ in batch:
+                if sql is _EVENT_INSERT:
+                    events.append(params)
+                elif params is not None:
                     conn.execute(sql, params)
             if events:
                 conn.executemany(_EVENT_INSERT, events)
@@ -363,14 +341,7 @@ class SQLiteStore(MemoryStore):
             _disk_failed(exc)
         # One write's data is at fault: apply them one by one, failing only that one.
         errors: dict[int, BaseException] = {}
-        for i, (sql, params, _, carried) in enumerate(batch):
-            if carried:
-                try:
-                    conn.executemany(_EVENT_INSERT, _event_rows(carried))
-                except _DATA_ERRORS as exc:  # a report, not state: it fails nobody's write
-                    log.error("session events not recorded: %s", exc)
-                except BaseException as exc:
-                    _disk_failed(exc)
+        for i, (sql, params, _) in enumerate(batch):
             if params is None:
                 continue
             try:
@@ -402,14 +373,6 @@ class SQLiteStore(MemoryStore):
             self._prune_jobs.put(_prune_statements(working_cutoff, record_cutoff))
 
 
-def _event_rows(carried: list[tuple[str, str, Event]]) -> list[tuple]:
-    # On the writer thread: encoding is off the event loop (an event is never changed).
-    return [
-        (s, role, e.n, e.t, e.kind, json.dumps(e.fields, separators=(",", ":")))
-        for s, role, e in carried
-    ]
-
-
 def _disk_failed(exc: BaseException) -> NoReturn:
     # Memory is now ahead of disk: acknowledging anything more would be a lie. Die like a
     # crash; the restart recovers from what the disk really holds.
@@ -419,7 +382,7 @@ def _disk_failed(exc: BaseException) -> NoReturn:
 
 def _resolve(futures: list[asyncio.Future | None], errors: dict[int, BaseException]) -> None:
     for i, f in enumerate(futures):
-        if f is None or f.done():  # None: events carried alone, which nobody awaits
+        if f is None or f.done():  # None: an event's write, which nobody awaits
             continue
         error = errors.get(i)
         if error is None:

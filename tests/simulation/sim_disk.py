@@ -15,9 +15,11 @@ only to prove that the invariant checker notices a store that loses acknowledged
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import sqlite3
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from sim_loop import Incarnation, Trace
 
@@ -65,7 +67,7 @@ class SimStore(SQLiteStore):
         self._sim_trace = trace
         self._sim_on_write = on_write  # the crash injector counts writes as crash points
         self._sim_max_delay_s = max_delay_s
-        self._sim_queue: list[tuple[str, tuple | None, asyncio.Future[None], list | None]] = []
+        self._sim_queue: list[tuple[str, tuple | None, asyncio.Future[None]]] = []
         self._sim_timer: asyncio.TimerHandle | None = None
 
     # -- the seams of SQLiteStore --------------------------------------------------------------
@@ -83,17 +85,18 @@ class SimStore(SQLiteStore):
         self.sim_owner.check()
         assert self._loop is not None, "SimStore.open() was not awaited"
         fut: asyncio.Future[None] = self._loop.create_future()
-        self._sim_queue.append((sql, params, fut, self._take_events()))
+        self._sim_queue.append((sql, params, fut))
         if self._sim_timer is None:
             self._sim_schedule()
         return fut
 
-    def _carry_events(self) -> None:
-        # The real store queues them as one item for its writer; here a flush marker carries
-        # them, an ordinary queued write (nobody awaits it), so a crash can lose them too.
-        self._events_handle = None
-        if self._events_out:
-            self._persist("SELECT 1", None)
+    def _persist_event(self, session_id: str, role: str, event: Any) -> None:
+        # The real store queues an event's row for its writer thread with no future; here it
+        # is an ordinary queued write (nobody awaits it), so a crash can lose it too.
+        fields = json.dumps(event.fields, separators=(",", ":"))
+        self._persist(
+            sqlite_store._EVENT_INSERT, (session_id, role, event.n, event.t, event.kind, fields)
+        )
 
     def _prune_durable(self, working_cutoff: float, record_cutoff: float) -> None:
         # The real store hands its pruning statements to its writer thread; here they are
@@ -129,16 +132,12 @@ class SimStore(SQLiteStore):
         if self._sim_queue:
             self._sim_schedule()
 
-    def _sim_apply(
-        self, batch: list[tuple[str, tuple | None, asyncio.Future[None], list | None]]
-    ) -> None:
+    def _sim_apply(self, batch: list[tuple[str, tuple | None, asyncio.Future[None]]]) -> None:
         conn = self.sim_disk.conn
         errors: dict[int, Exception] = {}
         conn.execute("BEGIN")
         try:
-            for sql, params, _, carried in batch:  # events go in their carrier's transaction
-                if carried:
-                    conn.executemany(sqlite_store._EVENT_INSERT, sqlite_store._event_rows(carried))
+            for sql, params, _ in batch:
                 if params is not None:  # None: a flush marker, only its position matters
                     conn.execute(sql, params)
             conn.execute("COMMIT")
@@ -146,9 +145,7 @@ class SimStore(SQLiteStore):
             # As the real writer does: one write's data is at fault, so apply them one by
             # one and fail only that one's awaitable.
             conn.execute("ROLLBACK")
-            for i, (sql, params, _, carried) in enumerate(batch):
-                if carried:
-                    conn.executemany(sqlite_store._EVENT_INSERT, sqlite_store._event_rows(carried))
+            for i, (sql, params, _) in enumerate(batch):
                 if params is None:
                     continue
                 try:
@@ -161,7 +158,7 @@ class SimStore(SQLiteStore):
         self.sim_disk.commits += 1
         self.sim_disk.writes += len(batch)
         self._sim_trace("disk", f"{self.sim_owner} commit {len(batch)}")
-        for i, (_, _, fut, _) in enumerate(batch):
+        for i, (_, _, fut) in enumerate(batch):
             if fut.done():  # an awaiter's cancellation cancels the future, not the write
                 continue
             if i in errors:
@@ -173,10 +170,6 @@ class SimStore(SQLiteStore):
         """The process died: writes not yet committed are gone. Returns how many."""
         lost = len(self._sim_queue)
         self._sim_queue = []
-        self._events_out = []  # recorded on the loop, never handed to the writer
-        if self._events_handle is not None:
-            self._events_handle.cancel()
-            self._events_handle = None
         if self._sim_timer is not None:
             self._sim_timer.cancel()
             self._sim_timer = None
